@@ -1,0 +1,202 @@
+"""Command-line arguments of run_clm.py: model, data and training flags, or one JSON file of them."""
+
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Optional
+
+from transformers import HfArgumentParser, TrainingArguments
+
+from .errors import UsageError
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: Optional[str] = field(
+        default=None,
+        metadata={"help": "Model to fine-tune: a hub name (e.g. gpt2-xl) or a local folder. "
+                          "Leave unset to train from scratch with --model_type or --config_name."},
+    )
+    model_type: Optional[str] = field(
+        default=None,
+        metadata={"help": "Architecture to build from scratch when --model_name_or_path is unset (e.g. gpt2)."},
+    )
+    config_name: Optional[str] = field(
+        default=None,
+        metadata={"help": "Config (name or folder) to use instead of the one that comes with the model."},
+    )
+    config_overrides: Optional[str] = field(
+        default=None,
+        metadata={"help": "Comma-separated key=value pairs that override the config, e.g. "
+                          "'n_embd=1600,n_layer=48,n_head=25'. Only when building from scratch."},
+    )
+    tokenizer_name: Optional[str] = field(
+        default=None,
+        metadata={"help": "Tokenizer (name or folder) if it differs from the model's."},
+    )
+    cache_dir: Optional[str] = field(
+        default=None,
+        metadata={"help": "Where downloaded models and processed datasets are cached."},
+    )
+    model_revision: str = field(
+        default="main",
+        metadata={"help": "Model version to use: a branch, tag or commit id."},
+    )
+    token: Optional[str] = field(
+        default=None,
+        metadata={"help": "Hub token for private models (or log in with `hf auth login`)."},
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Allow model code from the hub to run on this machine. Only for repositories you trust."},
+    )
+    dtype: Optional[str] = field(
+        default=None,
+        metadata={"help": "dtype the weights are loaded in; by default that of the checkpoint. "
+                          "Mixed precision training wants float32 here (the default for GPT-2).",
+                  "choices": ["auto", "bfloat16", "float16", "float32"]},
+    )
+
+
+@dataclass
+class DataArguments:
+    train_file: Optional[str] = field(
+        default=None, metadata={"help": "Training text: a .csv or .json/.jsonl with a 'text' column, or a .txt file."}
+    )
+    validation_file: Optional[str] = field(
+        default=None, metadata={"help": "Evaluation text, same formats as --train_file."}
+    )
+    validation_split_percentage: int = field(
+        default=5,
+        metadata={"help": "Without --validation_file, the percentage of the training examples held out for "
+                          "evaluation."},
+    )
+    text_column: str = field(
+        default="text", metadata={"help": "Column of the csv/json files that holds the text."}
+    )
+    block_size: Optional[int] = field(
+        default=None,
+        metadata={"help": "Tokens per training sequence. Default: the model's context length, at most 1024."},
+    )
+    separate_examples: bool = field(
+        default=False,
+        metadata={"help": "Train on each example on its own (truncated or padded to --block_size, padding "
+                          "masked out of the loss) instead of concatenating all texts and cutting blocks."},
+    )
+    max_train_samples: Optional[int] = field(
+        default=None, metadata={"help": "Keep only the first N training sequences (for quick runs)."}
+    )
+    max_eval_samples: Optional[int] = field(
+        default=None, metadata={"help": "Keep only the first N evaluation sequences."}
+    )
+    keep_linebreaks: bool = field(
+        default=True, metadata={"help": "Keep line breaks when reading .txt files."}
+    )
+    overwrite_cache: bool = field(
+        default=False, metadata={"help": "Tokenize again instead of reusing the cached datasets."}
+    )
+    preprocessing_num_workers: Optional[int] = field(
+        default=None, metadata={"help": "Processes used to tokenize."}
+    )
+
+
+@dataclass
+class ClmTrainingArguments(TrainingArguments):
+    """TrainingArguments with the defaults this tool wants."""
+
+    gradient_checkpointing: bool = field(
+        default=True,
+        metadata={"help": "Recompute activations in the backward pass: the memory that lets GPT-2 XL fit 16 GB. "
+                          "--no_gradient_checkpointing turns it off."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start from step 0 even if output_dir holds checkpoints of an earlier run "
+                          "(by default a rerun resumes from the newest complete one)."},
+    )
+    prediction_loss_only: bool = field(
+        default=True,
+        metadata={"help": "Evaluate the loss only; keeping GPT-2 XL's logits for every eval token would fill memory."},
+    )
+    logging_steps: float = field(
+        default=10,
+        metadata={"help": "Log the training loss every N optimizer steps (these points make loss.png)."},
+    )
+
+
+# Flags from the classic guide (Transformers 4) that were renamed or removed since.
+RENAMED_FLAGS = {
+    "--evaluation_strategy": "--eval_strategy",
+    "--no_cuda": "--use_cpu",
+    "--per_gpu_train_batch_size": "--per_device_train_batch_size",
+    "--per_gpu_eval_batch_size": "--per_device_eval_batch_size",
+    "--torch_dtype": "--dtype",
+    "--use_auth_token": "--token",
+    "--warmup_ratio": "--warmup_steps",  # a warmup_steps below 1 is read as a ratio
+}
+# Flags that no longer do anything: dropped with their value, if they take one.
+DROPPED_FLAGS = {
+    "--save_safetensors": "weights are always saved as safetensors",
+    "--logging_dir": "logs go to output_dir",
+    "--fp16_backend": "mixed precision is handled by DeepSpeed or torch.amp",
+    "--half_precision_backend": "mixed precision is handled by DeepSpeed or torch.amp",
+}
+
+
+def translate_legacy_flags(argv: list[str]) -> list[str]:
+    """Rewrite renamed flags to today's names, with a one-line notice for each."""
+    out = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, value = arg.partition("=")
+        if name in RENAMED_FLAGS:
+            new = RENAMED_FLAGS[name]
+            print(f"notice: {name} is now {new}; using {new}", file=sys.stderr)
+            out.append(new + eq + value)
+        elif name in DROPPED_FLAGS:
+            print(f"notice: {name} is ignored ({DROPPED_FLAGS[name]})", file=sys.stderr)
+            takes_value = not eq and i + 1 < len(argv) and not argv[i + 1].startswith("--")
+            i += 1 if takes_value else 0
+        else:
+            out.append(arg)
+        i += 1
+    return out
+
+
+def parse_args(argv=None):
+    """Return (model_args, data_args, training_args) from flags or from one .json file."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser((ModelArguments, DataArguments, ClmTrainingArguments))
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return _parse_json_file(parser, argv[0])
+    argv = translate_legacy_flags(argv)
+    try:
+        model_args, data_args, training_args, unknown = parser.parse_args_into_dataclasses(
+            args=argv, return_remaining_strings=True
+        )
+    except ValueError as err:  # raised by TrainingArguments.__post_init__ on contradictory flags
+        raise UsageError(f"invalid training flags: {err}") from None
+    if unknown:
+        raise UsageError(f"unknown flag(s): {' '.join(unknown)}; see `python run_clm.py --help`")
+    return model_args, data_args, training_args
+
+
+def _parse_json_file(parser, path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = json.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such arguments file") from None
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}): {err.msg}") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"{path}: expected a JSON object of flag names and values")
+    argv = []
+    for key, value in values.items():
+        argv.append(f"--{key}")
+        if isinstance(value, list):
+            argv += [str(v) for v in value]
+        else:
+            argv.append(json.dumps(value) if isinstance(value, dict) else str(value))
+    return parse_args(argv)

@@ -1,0 +1,127 @@
+"""Text files in, fixed-length token sequences out."""
+
+import math
+import os
+from itertools import chain
+
+from .errors import UsageError
+
+# File extension -> the `datasets` builder that reads it.
+BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".txt": "text"}
+
+
+def builder_for(path: str) -> str:
+    return BUILDERS.get(os.path.splitext(path)[1].lower(), "")
+
+
+def context_length(config) -> int:
+    """Longest sequence the model's position embeddings allow."""
+    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 1024
+
+
+def choose_block_size(data_args, config) -> int:
+    limit = context_length(config)
+    if data_args.block_size is None:
+        return min(1024, limit)
+    if data_args.block_size > limit:
+        raise UsageError(f"--block_size {data_args.block_size}: the model's context is {limit} tokens; "
+                         f"use --block_size {limit} or less")
+    if data_args.block_size < 2:
+        raise UsageError(f"--block_size {data_args.block_size}: must be at least 2")
+    return data_args.block_size
+
+
+def load_raw_texts(data_args, cache_dir=None):
+    """A DatasetDict with 'train' (and 'validation' if a file is given), each with one text column."""
+    from datasets import load_dataset
+
+    files = {"train": data_args.train_file}
+    if data_args.validation_file:
+        files["validation"] = data_args.validation_file
+    builders = {split: builder_for(path) for split, path in files.items()}
+    if len(set(builders.values())) != 1:
+        raise UsageError(f"--train_file and --validation_file have different formats ({', '.join(files.values())}); "
+                         "convert both to csv with texttocsv.py")
+    builder = builders["train"]
+    options = {"keep_linebreaks": data_args.keep_linebreaks} if builder == "text" else {}
+    raw = load_dataset(builder, data_files=files, cache_dir=cache_dir, **options)
+    column = data_args.text_column if builder != "text" else "text"
+    for split, dataset in raw.items():
+        if column not in dataset.column_names:
+            raise UsageError(f"{files[split]}: no '{column}' column (it has: {', '.join(dataset.column_names)}); "
+                             f"name the column with --text_column or make the file with texttocsv.py")
+    return raw, column
+
+
+def tokenize_to_sequences(raw, column, tokenizer, block_size, data_args, training_args):
+    """Tokenize, then concatenate-and-cut into blocks, or pad each example to block_size."""
+    eos = tokenizer.eos_token_id
+
+    def tokenize(batch):
+        texts = [t for t in batch[column] if t]
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        # The end-of-text token marks where one document stops and the next begins.
+        return {"input_ids": [seq + [eos] for seq in ids]}
+
+    map_options = {
+        "batched": True,
+        "num_proc": data_args.preprocessing_num_workers,
+        "load_from_cache_file": not data_args.overwrite_cache,
+    }
+    with training_args.main_process_first(desc="tokenizing"):
+        tokens = raw.map(tokenize, remove_columns=raw["train"].column_names, desc="Tokenizing", **map_options)
+        if data_args.separate_examples:
+            to_sequences = lambda batch: pad_examples(batch, block_size, tokenizer.pad_token_id)  # noqa: E731
+        else:
+            to_sequences = lambda batch: cut_blocks(batch, block_size)  # noqa: E731
+        return tokens.map(to_sequences, desc=f"Making sequences of {block_size} tokens", **map_options)
+
+
+def cut_blocks(batch, block_size):
+    """Concatenate the batch's documents and cut them into full blocks; the remainder is dropped."""
+    ids = list(chain.from_iterable(batch["input_ids"]))
+    usable = len(ids) // block_size * block_size
+    blocks = [ids[i:i + block_size] for i in range(0, usable, block_size)]
+    return {"input_ids": blocks, "attention_mask": [[1] * block_size for _ in blocks], "labels": blocks}
+
+
+def pad_examples(batch, block_size, pad_id):
+    """Each example on its own: truncated, then right-padded; padding is masked out of the loss with -100."""
+    out = {"input_ids": [], "attention_mask": [], "labels": []}
+    for ids in batch["input_ids"]:
+        ids = ids[:block_size]
+        pad = block_size - len(ids)
+        out["input_ids"].append(ids + [pad_id] * pad)
+        out["attention_mask"].append([1] * len(ids) + [0] * pad)
+        out["labels"].append(ids + [-100] * pad)
+    return out
+
+
+def split_sequences(sequences, data_args, block_size):
+    """Train and eval sets, holding out the last sequences when there is no validation file."""
+    train = sequences["train"]
+    if len(train) == 0:
+        raise UsageError(f"{data_args.train_file}: shorter than one block of {block_size} tokens; "
+                         "use a smaller --block_size or more text")
+    if "validation" in sequences:
+        evaluation = sequences["validation"]
+        if len(evaluation) == 0:
+            raise UsageError(f"{data_args.validation_file}: shorter than one block of {block_size} tokens; "
+                             "use a smaller --block_size or more text")
+    else:
+        # The tail, not a random sample: neighbouring blocks of one text would leak into training.
+        held_out = max(1, math.ceil(len(train) * data_args.validation_split_percentage / 100))
+        if held_out >= len(train):
+            raise UsageError(f"{data_args.train_file}: only {len(train)} sequence(s) of {block_size} tokens, too few "
+                             "to hold some out for evaluation; give --validation_file or a smaller --block_size")
+        evaluation = train.select(range(len(train) - held_out, len(train)))
+        train = train.select(range(len(train) - held_out))
+    if data_args.max_train_samples is not None:
+        train = train.select(range(min(len(train), data_args.max_train_samples)))
+    if data_args.max_eval_samples is not None:
+        evaluation = evaluation.select(range(min(len(evaluation), data_args.max_eval_samples)))
+    return train, evaluation

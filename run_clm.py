@@ -1,0 +1,131 @@
+#!/usr/bin/env python
+"""Fine-tune a causal language model (GPT-2 XL on one 16 GB GPU, by default through DeepSpeed).
+
+    deepspeed --num_gpus=1 run_clm.py --deepspeed ds_config.json --model_name_or_path gpt2-xl \
+        --train_file train.csv --validation_file validation.csv --do_train --do_eval --fp16 \
+        --output_dir finetuned --per_device_train_batch_size 8 --gradient_accumulation_steps 2
+
+Flags: `python run_clm.py --help`, or pass one .json file of them. Rerunning the same command resumes
+from the newest checkpoint in --output_dir; --overwrite_output_dir starts again from step 0.
+"""
+
+import math
+import os
+import sys
+
+from clmkit.errors import UsageError, run_cli
+
+
+def main(argv=None):
+    model_args, data_args, training_args = parse_arguments(argv)
+    config, tokenizer, block_size = check_inputs(model_args, data_args, training_args)
+    train_set, eval_set = load_data(data_args, model_args, training_args, tokenizer, block_size)
+    model = load_model(model_args, config, tokenizer)
+    trainer = build_trainer(model, tokenizer, training_args, train_set, eval_set)
+    print_plan(model, config, training_args, block_size, train_set, trainer)
+    if training_args.do_train:
+        train(trainer, training_args, train_set)
+    if training_args.do_eval:
+        evaluate(trainer, eval_set)
+
+
+def parse_arguments(argv):
+    from clmkit.args import parse_args
+
+    model_args, data_args, training_args = parse_args(argv)
+    if not (training_args.do_train or training_args.do_eval):
+        raise UsageError("nothing to do: add --do_train and/or --do_eval")
+    return model_args, data_args, training_args
+
+
+def check_inputs(model_args, data_args, training_args):
+    """Everything a user can get wrong, checked before the model is loaded."""
+    from clmkit import checks
+    from clmkit.data import choose_block_size
+    from clmkit.loading import hub_options, load_config, load_tokenizer
+
+    checks.check_before_loading(model_args, data_args, training_args)
+    resolve_warmup(training_args)
+    config = load_config(model_args)
+    tokenizer_name = model_args.tokenizer_name or model_args.model_name_or_path
+    if not tokenizer_name:
+        raise UsageError("no tokenizer: give --tokenizer_name when training from scratch with --model_type")
+    flag = "--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path"
+    tokenizer = load_tokenizer(tokenizer_name, flag=flag, **hub_options(model_args))
+    return config, tokenizer, choose_block_size(data_args, config)
+
+
+def resolve_warmup(training_args):
+    """DeepSpeed's warmup schedulers refuse 0 warmup steps, which is what 'auto' gives without --warmup_steps."""
+    from clmkit.checks import read_deepspeed_config
+
+    ds_config = read_deepspeed_config(training_args.deepspeed)
+    scheduler_params = (ds_config or {}).get("scheduler", {}).get("params", {})
+    if scheduler_params.get("warmup_num_steps") == "auto" and training_args.warmup_steps == 0:
+        # DeepSpeed warms up over at least 2 steps whatever it is given; 1 asks for exactly that minimum.
+        training_args.warmup_steps = 1
+        print("notice: no --warmup_steps given; the DeepSpeed scheduler warms up over its minimum of 2 steps")
+
+
+def load_data(data_args, model_args, training_args, tokenizer, block_size):
+    from clmkit.data import load_raw_texts, split_sequences, tokenize_to_sequences
+
+    raw, column = load_raw_texts(data_args, cache_dir=model_args.cache_dir)
+    sequences = tokenize_to_sequences(raw, column, tokenizer, block_size, data_args, training_args)
+    return split_sequences(sequences, data_args, block_size)
+
+
+def load_model(model_args, config, tokenizer):
+    from clmkit.loading import load_model_for_training
+
+    return load_model_for_training(model_args, config, tokenizer)
+
+
+def build_trainer(model, tokenizer, training_args, train_set, eval_set):
+    from transformers import Trainer, default_data_collator
+
+    from clmkit.plotting import LossPlotCallback
+
+    return Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_set if training_args.do_train else None,
+        eval_dataset=eval_set if training_args.do_eval else None,
+        processing_class=tokenizer,
+        data_collator=default_data_collator,
+        callbacks=[LossPlotCallback(training_args.output_dir)],
+    )
+
+
+def print_plan(model, config, training_args, block_size, train_set, trainer):
+    from clmkit.plan import describe_run
+
+    if trainer.is_world_process_zero():
+        n_params = sum(p.numel() for p in model.parameters())
+        print(describe_run(n_params, config, training_args, block_size, training_args.world_size, len(train_set)),
+              flush=True)
+
+
+def train(trainer, training_args, train_set):
+    from clmkit.checkpoints import resume_point
+
+    checkpoint = resume_point(training_args)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model()  # the final weights and tokenizer, into output_dir
+    metrics = dict(result.metrics, train_samples=len(train_set))
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+
+
+def evaluate(trainer, eval_set):
+    metrics = trainer.evaluate()
+    metrics["eval_samples"] = len(eval_set)
+    metrics["perplexity"] = math.exp(metrics["eval_loss"]) if metrics["eval_loss"] < 700 else float("inf")
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    run_cli(main)
