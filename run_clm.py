@@ -13,15 +13,19 @@ import math
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # clmkit/ beside this file, wherever it is run from
+
 from clmkit.errors import UsageError, run_cli
+from clmkit.stats import apply_gpu_memory_cap
 
 
 def main(argv=None):
+    apply_gpu_memory_cap()  # before anything touches the GPU
     model_args, data_args, training_args = parse_arguments(argv)
     config, tokenizer, block_size = check_inputs(model_args, data_args, training_args)
     train_set, eval_set = load_data(data_args, model_args, training_args, tokenizer, block_size)
     model = load_model(model_args, config, tokenizer)
-    trainer = build_trainer(model, tokenizer, training_args, train_set, eval_set)
+    trainer = build_trainer(model, tokenizer, training_args, block_size, train_set, eval_set)
     print_plan(model, config, training_args, block_size, train_set, trainer)
     if training_args.do_train:
         train(trainer, training_args, train_set)
@@ -81,11 +85,14 @@ def load_model(model_args, config, tokenizer):
     return load_model_for_training(model_args, config, tokenizer)
 
 
-def build_trainer(model, tokenizer, training_args, train_set, eval_set):
+def build_trainer(model, tokenizer, training_args, block_size, train_set, eval_set):
     from transformers import Trainer, default_data_collator
 
     from clmkit.plotting import LossPlotCallback
+    from clmkit.stats import RunStatsCallback
 
+    tokens_per_step = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+                       * training_args.world_size * block_size)
     return Trainer(
         model=model,
         args=training_args,
@@ -93,7 +100,8 @@ def build_trainer(model, tokenizer, training_args, train_set, eval_set):
         eval_dataset=eval_set if training_args.do_eval else None,
         processing_class=tokenizer,
         data_collator=default_data_collator,
-        callbacks=[LossPlotCallback(training_args.output_dir)],
+        callbacks=[LossPlotCallback(training_args.output_dir),
+                   RunStatsCallback(training_args.output_dir, tokens_per_step)],
     )
 
 
@@ -127,5 +135,4 @@ def evaluate(trainer, eval_set):
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     run_cli(main)

@@ -5,6 +5,10 @@ import json
 GiB = 2**30
 
 
+def gib(n_bytes) -> str:
+    return f"{n_bytes / GiB:.1f} GiB" if n_bytes >= 0.1 * GiB else f"{n_bytes / 2**20:.0f} MiB"
+
+
 def count_parameters(config) -> int:
     """Parameter count of a causal LM built from `config`, without allocating its weights."""
     import torch
@@ -61,15 +65,15 @@ def describe_run(n_params, config, training_args, block_size, world_size, n_trai
     memory = estimate_memory(n_params, config, micro, block_size, half, training_args.gradient_checkpointing, offload)
     engine = f"DeepSpeed ZeRO-{stage}" + (" with the optimizer in CPU RAM" if offload else "") \
         if training_args.deepspeed else "plain PyTorch (no DeepSpeed)"
+    size = f"{n_params / 1e9:.2f}B" if n_params >= 1e8 else f"{n_params / 1e6:.2f}M"
     return "\n".join([
-        f"model:       {n_params / 1e9:.3f}B parameters, {precision}, {engine}, "
+        f"model:       {size} parameters, {precision}, {engine}, "
         f"gradient checkpointing {'on' if training_args.gradient_checkpointing else 'off'}",
         f"batch:       {micro} sequences x {accumulation} accumulation x {world_size} GPU(s) = "
         f"{sequences_per_step} sequences = {sequences_per_step * block_size:,} tokens per optimizer step",
         f"data:        {n_train_sequences:,} training sequences of {block_size} tokens = "
         f"{max(1, n_train_sequences // sequences_per_step):,} steps per epoch",
-        f"memory:      about {memory['gpu'] / GiB:.1f} GiB GPU per device, {memory['host'] / GiB:.1f} GiB host RAM "
-        f"(estimate)",
+        f"memory:      about {gib(memory['gpu'])} GPU per device, {gib(memory['host'])} host RAM (estimate)",
         f"checkpoints: {training_args.output_dir}/checkpoint-<step> every {training_args.save_steps} steps "
-        f"(about {memory['checkpoint_disk'] / GiB:.1f} GiB each); final model in {training_args.output_dir}",
+        f"(about {gib(memory['checkpoint_disk'])} each); final model in {training_args.output_dir}",
     ])

@@ -40,9 +40,16 @@ class LossPlotCallback(TrainerCallback):
 
     def __init__(self, output_dir):
         self.path = os.path.join(output_dir, "loss.png")
+        try:
+            import matplotlib  # noqa: F401
+            self.enabled = True
+        except ImportError:  # a missing picture must not cost a night's training
+            print("notice: matplotlib is not installed, so loss.png will not be drawn "
+                  "(pip install -r requirements.txt)", flush=True)
+            self.enabled = False
 
     def _draw(self, state):
-        if state.is_world_process_zero:
+        if self.enabled and state.is_world_process_zero:
             write_loss_plot(state.log_history, self.path)
 
     def on_save(self, args, state, control, **kwargs):
