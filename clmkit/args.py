@@ -168,6 +168,7 @@ def parse_args(argv=None):
     """Return (model_args, data_args, training_args) from flags or from one .json file."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser((ModelArguments, DataArguments, ClmTrainingArguments))
+    parser.error = _one_line_error  # argparse would print the whole usage (hundreds of flags) first
     if len(argv) == 1 and argv[0].endswith(".json"):
         return _parse_json_file(parser, argv[0])
     argv = translate_legacy_flags(argv)
@@ -180,6 +181,10 @@ def parse_args(argv=None):
     if unknown:
         raise UsageError(f"unknown flag(s): {' '.join(unknown)}; see `python run_clm.py --help`")
     return model_args, data_args, training_args
+
+
+def _one_line_error(message):
+    raise UsageError(f"{message}; see `python run_clm.py --help`")
 
 
 def _parse_json_file(parser, path):

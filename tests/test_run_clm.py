@@ -1,0 +1,153 @@
+"""run_clm.py trains a tiny GPT-2 for real: with the DeepSpeed launcher and the shipped ds_config.json, and without."""
+
+import json
+import math
+import os
+import shutil
+import sys
+
+import pytest
+
+from conftest import REPO, python, run
+
+DEEPSPEED = shutil.which("deepspeed") or os.path.join(os.path.dirname(sys.executable), "deepspeed")
+
+
+def deepspeed_run(*args, cwd=None):
+    """The user's way in: the deepspeed launcher, one process."""
+    return run([DEEPSPEED, "--num_gpus=1", os.path.join(REPO, "run_clm.py"), *map(str, args)], cwd=cwd)
+
+
+def common_flags(tiny_model, corpus, out):
+    return ["--model_name_or_path", tiny_model, "--train_file", corpus / "train.txt",
+            "--validation_file", corpus / "validation.txt", "--do_train", "--do_eval",
+            "--output_dir", out, "--block_size", 64, "--per_device_train_batch_size", 8,
+            "--max_steps", 24, "--learning_rate", 2e-3, "--logging_steps", 4, "--save_steps", 12,
+            "--eval_strategy", "steps", "--eval_steps", 12, "--seed", 1, "--use_cpu"]
+
+
+def logged_losses(out):
+    with open(out / "trainer_state.json") as f:
+        return [entry["loss"] for entry in json.load(f)["log_history"] if "loss" in entry]
+
+
+def check_trained_run(out):
+    """Loss falls, perplexity is finite and saved, checkpoints and loss.png exist, the model reloads and generates."""
+    losses = logged_losses(out)
+    assert len(losses) >= 5
+    assert losses[-1] < losses[0] - 0.5, losses  # nats: well past noise
+    with open(out / "eval_results.json") as f:
+        metrics = json.load(f)
+    assert math.isfinite(metrics["perplexity"])
+    assert metrics["perplexity"] == pytest.approx(math.exp(metrics["eval_loss"]))
+    with open(out / "train_results.json") as f:
+        assert json.load(f)["train_loss"] > 0
+    assert (out / "checkpoint-12" / "trainer_state.json").is_file()
+    assert (out / "checkpoint-24" / "trainer_state.json").is_file()
+    assert (out / "model.safetensors").is_file()
+    assert (out / "loss.png").stat().st_size > 1000
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    prompt = tokenizer("ROMEO:", return_tensors="pt")
+    generated = model.generate(**prompt, max_new_tokens=20, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    assert generated.shape[1] > prompt["input_ids"].shape[1]
+    assert len(tokenizer.decode(generated[0][prompt["input_ids"].shape[1]:])) > 0
+    return losses
+
+
+def test_deepspeed_zero2_offload_trains_evaluates_saves(tiny_model, corpus, tmp_path):
+    out = tmp_path / "ds"
+    result = deepspeed_run("--deepspeed", os.path.join(REPO, "ds_config.json"), "--bf16",
+                           *common_flags(tiny_model, corpus, out))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "DeepSpeed ZeRO-2 with the optimizer in CPU RAM" in result.stdout
+    # No --warmup_steps: DeepSpeed's scheduler would refuse 0 warmup steps; the run must start anyway.
+    assert "no --warmup_steps given" in result.stdout
+    check_trained_run(out)
+
+
+def test_without_deepspeed(tiny_model, corpus, tmp_path):
+    out = tmp_path / "plain"
+    result = python("run_clm.py", *common_flags(tiny_model, corpus, out))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "plain PyTorch (no DeepSpeed)" in result.stdout
+    check_trained_run(out)
+
+
+def test_separate_examples_masks_padding(tiny_model, corpus, tmp_path):
+    """Each line on its own, padded to the block: padding never counts in the loss."""
+    lines = [line for line in (corpus / "train.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
+    (tmp_path / "lines.txt").write_text("\n".join(lines[:400]), encoding="utf-8")
+    out = tmp_path / "separate"
+    result = python("run_clm.py", "--model_name_or_path", tiny_model, "--train_file", tmp_path / "lines.txt",
+                    "--do_train", "--do_eval", "--separate_examples", "--block_size", 32, "--output_dir", out,
+                    "--per_device_train_batch_size", 16, "--max_steps", 20, "--learning_rate", 2e-3,
+                    "--logging_steps", 5, "--use_cpu", "--save_strategy", "no")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    losses = logged_losses(out)
+    assert losses[-1] < losses[0]
+
+    from transformers import AutoTokenizer
+
+    from clmkit.data import pad_examples
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    ids = tokenizer(["To be", "or not to be, that is the question"])["input_ids"]
+    batch = pad_examples({"input_ids": ids}, 8, tokenizer.eos_token_id)
+    assert all(len(seq) == 8 for seq in batch["input_ids"])
+    for mask, labels in zip(batch["attention_mask"], batch["labels"]):
+        assert [label == -100 for label in labels] == [m == 0 for m in mask]
+
+
+CLASSIC_COMMAND = (
+    "deepspeed --num_gpus=1 run_clm.py --deepspeed ds_config.json --model_name_or_path gpt2-xl "
+    "--train_file train.csv --validation_file validation.csv --do_train --do_eval --fp16 --overwrite_cache "
+    '--evaluation_strategy="steps" --output_dir finetuned --save_steps 200 --eval_steps 200 --num_train_epochs 1 '
+    "--gradient_accumulation_steps 2 --per_device_train_batch_size 8"
+)
+
+
+def test_classic_command_line(tiny_model, corpus, tmp_path):
+    """The classic guide's command, word for word but the model path and --fp16 (no fp16 on a CPU)."""
+    for name in ("train", "validation"):
+        shutil.copy(corpus / f"{name}.txt", tmp_path / f"{name}.txt")
+    converted = python("texttocsv.py", cwd=tmp_path)
+    assert converted.returncode == 0, converted.stderr
+    shutil.copy(os.path.join(REPO, "ds_config.json"), tmp_path)
+    classic = CLASSIC_COMMAND.replace("run_clm.py", os.path.join(REPO, "run_clm.py"))
+    classic = classic.replace("gpt2-xl", str(tiny_model)).replace("--fp16", "--bf16 --use_cpu")
+    result = run(["bash", "-c", classic], cwd=tmp_path,
+                 env={"PATH": os.path.dirname(DEEPSPEED) + os.pathsep + os.environ["PATH"]})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "--evaluation_strategy is now --eval_strategy" in result.stderr
+    out = tmp_path / "finetuned"
+    with open(out / "eval_results.json") as f:
+        assert math.isfinite(json.load(f)["perplexity"])
+    with open(out / "trainer_state.json") as f:
+        state = json.load(f)
+    assert state["global_step"] > 0 and state["epoch"] == pytest.approx(1.0)
+    assert (out / "model.safetensors").is_file()
+
+
+def test_arguments_from_a_json_file(tiny_model, corpus, tmp_path):
+    out = tmp_path / "fromjson"
+    args = {"model_name_or_path": str(tiny_model), "train_file": str(corpus / "train.txt"),
+            "do_train": True, "output_dir": str(out), "block_size": 64, "max_steps": 3, "use_cpu": True,
+            "save_strategy": "no", "report_to": ["none"]}
+    (tmp_path / "args.json").write_text(json.dumps(args))
+    result = python("run_clm.py", tmp_path / "args.json")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with open(out / "trainer_state.json") as f:
+        assert json.load(f)["global_step"] == 3
+
+
+def test_gradient_checkpointing_on_by_default():
+    from clmkit.args import parse_args
+
+    _, _, on = parse_args(["--output_dir", "x", "--do_train"])
+    _, _, off = parse_args(["--output_dir", "x", "--do_train", "--no_gradient_checkpointing"])
+    assert on.gradient_checkpointing is True
+    assert off.gradient_checkpointing is False
