@@ -43,20 +43,18 @@ def parse_arguments(argv):
 
 
 def check_inputs(model_args, data_args, training_args):
-    """Everything a user can get wrong, checked before the model is loaded."""
-    from clmkit import checks
-    from clmkit.data import choose_block_size
-    from clmkit.loading import hub_options, load_config, load_tokenizer
+    """Everything a user can get wrong, checked before the model is loaded; every problem reported at once.
 
-    checks.check_before_loading(model_args, data_args, training_args)
+    Data files, --output_dir and its free disk, the DeepSpeed config against the flags, --fp16/--bf16 against
+    this machine, the model config and tokenizer (not the weights), --block_size. Whether the text fills enough
+    blocks is known only once it is tokenized: load_data reports that, still before the model loads."""
+    from clmkit import checks
+    from clmkit.errors import raise_if_any
+
+    problems, config, tokenizer, block_size = checks.find_problems(model_args, data_args, training_args)
+    raise_if_any(problems)
     resolve_warmup(training_args)
-    config = load_config(model_args)
-    tokenizer_name = model_args.tokenizer_name or model_args.model_name_or_path
-    if not tokenizer_name:
-        raise UsageError("no tokenizer: give --tokenizer_name when training from scratch with --model_type")
-    flag = "--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path"
-    tokenizer = load_tokenizer(tokenizer_name, flag=flag, **hub_options(model_args))
-    return config, tokenizer, choose_block_size(data_args, config)
+    return config, tokenizer, block_size
 
 
 def resolve_warmup(training_args):
@@ -72,11 +70,12 @@ def resolve_warmup(training_args):
 
 
 def load_data(data_args, model_args, training_args, tokenizer, block_size):
-    from clmkit.data import load_raw_texts, split_sequences, tokenize_to_sequences
+    from clmkit.data import load_raw_texts, make_sequences, split_sequences, tokenize_texts
 
     raw, column = load_raw_texts(data_args, cache_dir=model_args.cache_dir)
-    sequences = tokenize_to_sequences(raw, column, tokenizer, block_size, data_args, training_args)
-    return split_sequences(sequences, data_args, block_size)
+    tokens = tokenize_texts(raw, column, tokenizer, data_args, training_args)
+    sequences = make_sequences(tokens, tokenizer, block_size, data_args, training_args)
+    return split_sequences(sequences, data_args, block_size, tokens)  # too little text: its token count, a fix
 
 
 def load_model(model_args, config, tokenizer):

@@ -177,7 +177,9 @@ def parse_args(argv=None):
             args=argv, return_remaining_strings=True
         )
     except ValueError as err:  # raised by TrainingArguments.__post_init__ on contradictory flags
-        raise UsageError(f"invalid training flags: {err}") from None
+        from .checks import training_flag_problems  # our one-line words for it, with the other problems found
+
+        raise UsageError(*training_flag_problems(err, parser, argv)) from None
     if unknown:
         raise UsageError(f"unknown flag(s): {' '.join(unknown)}; see `python run_clm.py --help`")
     return model_args, data_args, training_args

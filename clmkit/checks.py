@@ -1,10 +1,320 @@
-"""Inputs checked before the expensive work; every problem reported at once."""
+"""Inputs checked before the expensive work; every problem reported at once, one line each.
 
+find_problems() runs every check that does not need the model's weights: data files, output folder, flags,
+DeepSpeed config, precision against this machine, model config and tokenizer, block size and disk space.
+Each check returns a list of one-line problems instead of raising, so one run reports them all.
+"""
+
+import codecs
+import copy
+import csv
+import dataclasses
 import json
 import os
+import re
+import shutil
+import sys
+import tempfile
 
-from .data import BUILDERS, builder_for
-from .errors import UsageError, raise_if_any
+from .data import BUILDERS, builder_for, choose_block_size, context_length
+from .errors import UsageError
+
+FREE_DISK_OVERRIDE = "CLM_ASSUME_FREE_DISK_GIB"  # pretend the output disk has this much free space (tests)
+GiB = 2**30
+
+
+def find_problems(model_args, data_args, training_args):
+    """(problems, config, tokenizer, block_size); the last three are None where their own checks failed."""
+    problems = flag_problems(model_args, data_args, training_args)
+    for flag, path in (("--train_file", data_args.train_file), ("--validation_file", data_args.validation_file)):
+        if path:
+            problems += data_file_problems(flag, path, data_args.text_column)
+    problems += output_dir_problems(training_args.output_dir)
+    problems += machine_precision_problems(training_args.fp16, training_args.bf16, training_args.use_cpu)
+    problems += deepspeed_problems(training_args)
+    config, tokenizer = load_config_and_tokenizer(model_args, problems)
+    block_size = attempt(problems, choose_block_size, data_args, config) if config is not None else None
+    if config is not None:
+        problems += disk_problems(config, model_args, training_args, block_size or context_length(config))
+    return problems, config, tokenizer, block_size
+
+
+def attempt(problems, function, *args, **kwargs):
+    """function(*args, **kwargs), or None with its UsageError's lines added to `problems`."""
+    try:
+        return function(*args, **kwargs)
+    except UsageError as err:
+        problems += err.problems
+        return None
+
+
+# ---------------------------------------------------------------- flags
+
+
+def flag_problems(model_args, data_args, training_args):
+    problems = []
+    if training_args.do_train and not data_args.train_file:
+        problems.append("--do_train needs --train_file")
+    elif training_args.do_eval and not (data_args.train_file or data_args.validation_file):
+        problems.append("--do_eval needs --validation_file (or --train_file to hold some of it out)")
+    if not model_args.model_name_or_path and not model_args.model_type and not model_args.config_name:
+        problems.append("no model: give --model_name_or_path, or --model_type/--config_name to build one")
+    if model_args.config_overrides and model_args.model_name_or_path:
+        problems.append("--config_overrides only applies when building a model from scratch; "
+                        "drop it or drop --model_name_or_path")
+    pct = data_args.validation_split_percentage
+    if data_args.train_file and not data_args.validation_file and not 0 <= pct < 100:
+        problems.append(f"--validation_split_percentage {pct}: must be 0 to 99 (the share of --train_file held out "
+                        "for evaluation); or give --validation_file")
+    train, validation = data_args.train_file, data_args.validation_file
+    if train and validation and builder_for(train) and builder_for(validation) \
+            and builder_for(train) != builder_for(validation):
+        problems.append(f"--train_file {train} and --validation_file {validation}: different formats; "
+                        "give both as csv (texttocsv.py converts .txt) or both in the same format")
+    return problems
+
+
+# ---------------------------------------------------------------- data files
+
+
+def data_file_problems(flag, path, text_column="text"):
+    """Why `path` cannot be read as training text: missing, empty, unreadable, not UTF-8, no text column."""
+    if not os.path.exists(path):
+        return [f"{flag} {path}: no such file"]
+    if not os.path.isfile(path):
+        return [f"{flag} {path}: not a file"]
+    builder = builder_for(path)
+    if not builder:
+        return [f"{flag} {path}: unsupported extension; use one of {', '.join(sorted(BUILDERS))} "
+                "(texttocsv.py turns .txt into .csv)"]
+    if os.path.getsize(path) == 0:
+        return [f"{flag} {path}: the file is empty; put text in it or give another file"]
+    try:
+        bad = first_non_utf8_byte(path)
+    except OSError as err:
+        return [f"{flag} {path}: cannot read it ({err.strerror}); check its permissions (chmod a+r {path})"]
+    if bad is not None:
+        offset, value, line = bad
+        fix = (f"e.g. python texttocsv.py {path} --encoding latin-1 (it writes a UTF-8 .csv)" if builder == "text"
+               else f"e.g. iconv -f latin1 -t utf-8 {path} > utf8{os.path.splitext(path)[1]}")
+        return [f"{flag} {path}: not UTF-8 text (byte 0x{value:02x} at offset {offset}, line {line}); "
+                f"convert it to UTF-8, {fix}"]
+    if builder == "csv":
+        return csv_column_problems(flag, path, text_column)
+    if builder == "json":
+        return json_column_problems(flag, path, text_column)
+    return []
+
+
+def first_non_utf8_byte(path, chunk_size=1 << 20):
+    """(byte offset, byte value, line number) of the first byte that is not UTF-8, or None; reads in chunks."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = lines = 0
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(chunk_size)
+            pending = decoder.getstate()[0]  # an unfinished character carried over from the last chunk
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as err:
+                data = pending + chunk
+                position = offset - len(pending) + err.start
+                return position, data[err.start], lines + data[:err.start].count(b"\n") - pending.count(b"\n") + 1
+            if not chunk:
+                return None
+            offset += len(chunk)
+            lines += chunk.count(b"\n")
+
+
+def _no_column(flag, path, column, columns):
+    has = ", ".join(repr(c) for c in columns) if columns else "none"
+    hint = f"--text_column {columns[0]}" if len(columns) == 1 else "--text_column NAME"
+    return [f"{flag} {path}: no '{column}' column (it has: {has}); name the text column with {hint} "
+            "or make the file with texttocsv.py"]
+
+
+def _empty_column(flag, path, column):
+    return [f"{flag} {path}: the '{column}' column is empty in every row; put the text there "
+            "or name another column with --text_column"]
+
+
+def csv_column_problems(flag, path, column):
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # one cell may hold a whole book
+    with open(path, encoding="utf-8-sig", newline="") as f:  # pandas, which reads it later, drops a BOM too
+        rows = csv.reader(f)
+        try:
+            header = next(rows, [])
+            if column not in header:
+                return _no_column(flag, path, column, [name for name in header if name])
+            index = header.index(column)
+            if not any(len(row) > index and row[index].strip() for row in rows):
+                return _empty_column(flag, path, column)
+        except csv.Error as err:
+            return [f"{flag} {path}: not a readable csv file (line {rows.line_num}: {err}); "
+                    "make it with texttocsv.py"]
+    return []
+
+
+def json_column_problems(flag, path, column):
+    """The `datasets` json reader takes JSON Lines (one object a line) or one list of objects."""
+    columns, has_text = {}, False
+    try:
+        for record in json_records(path):
+            if not isinstance(record, dict):
+                return [f"{flag} {path}: expected JSON objects, one per line (or one list of them), "
+                        "e.g. {\"text\": \"...\"}"]
+            columns.update(dict.fromkeys(record))
+            value = record.get(column)
+            has_text = has_text or (isinstance(value, str) and bool(value.strip()))
+    except ValueError as err:
+        return [f"{flag} {path}: not valid JSON Lines or a JSON list ({err}); "
+                "write one JSON object per line, e.g. {\"text\": \"...\"}"]
+    if column not in columns:
+        return _no_column(flag, path, column, list(columns))
+    if not has_text:
+        return _empty_column(flag, path, column)
+    return []
+
+
+def json_records(path):
+    """Each record of a JSON Lines file, or of a file holding one JSON list; ValueError says where it breaks."""
+    with open(path, encoding="utf-8") as f:
+        one_list = f.read(4096).lstrip().startswith("[")
+        f.seek(0)
+        if one_list:
+            try:
+                yield from json.load(f)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"line {err.lineno}, column {err.colno}: {err.msg}") from None
+            return
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield json.loads(line.rstrip("\r\n"))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"line {number}, column {err.colno}: {err.msg}") from None
+
+
+# ---------------------------------------------------------------- output folder and disk
+
+
+def nearest_existing(path):
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def output_dir_problems(output_dir):
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        return [f"--output_dir {output_dir}: is a file, not a folder; give a folder path (it is created if missing)"]
+    parent = nearest_existing(output_dir)
+    if not os.path.isdir(parent):
+        return [f"--output_dir {output_dir}: {parent} is a file, so no folder can be made there; "
+                "give another --output_dir"]
+    try:
+        with tempfile.TemporaryFile(dir=parent):  # an unnamed file where the OS allows: nothing shows up
+            pass
+    except OSError as err:
+        return [f"--output_dir {output_dir}: cannot write in {parent} ({err.strerror}); "
+                "give an --output_dir you can write to"]
+    return []
+
+
+def count_without_deepspeed(count_parameters, config, training_args):
+    """count_parameters, with Transformers' process-wide DeepSpeed config hidden: under ZeRO-3 it would build
+    even a meta-device model through deepspeed.zero.Init, which wants a distributed setup."""
+    if not training_args.deepspeed:
+        return count_parameters(config)
+    from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        return count_parameters(config)
+    finally:
+        if getattr(training_args, "hf_deepspeed_config", None) is not None:
+            set_hf_deepspeed_config(training_args.hf_deepspeed_config)
+
+
+def free_disk_bytes(path):
+    """Free bytes on the disk of `path` (its nearest existing parent), or CLM_ASSUME_FREE_DISK_GIB if set."""
+    assumed = os.environ.get(FREE_DISK_OVERRIDE)
+    if assumed:
+        try:
+            return int(float(assumed) * GiB)
+        except ValueError:
+            raise UsageError(f"{FREE_DISK_OVERRIDE}={assumed}: not a number of GiB; unset it") from None
+    return shutil.disk_usage(nearest_existing(path)).free
+
+
+def disk_problems(config, model_args, training_args, block_size):
+    """Is there room for one checkpoint (or, without checkpoints, the final model) in --output_dir?"""
+    from .plan import count_parameters, deepspeed_settings, estimate_memory, gib
+
+    if not training_args.do_train:
+        return []
+    try:
+        n_params = count_without_deepspeed(count_parameters, config, training_args)
+    except ValueError as err:  # a config no causal LM class is registered for (e.g. --model_type bert)
+        source = "--config_name" if model_args.config_name else \
+            "--model_name_or_path" if model_args.model_name_or_path else "--model_type"
+        return [f"{source}: {getattr(config, 'model_type', '?')} is not a causal language model "
+                f"({str(err).splitlines()[0][:120]}); use a decoder such as gpt2"]
+    weights = 4 * n_params  # fp32 safetensors
+    if training_args.save_strategy == "no" or training_args.save_only_model:
+        needed, what = weights, "the model weights"
+    else:
+        try:
+            _, offload = deepspeed_settings(training_args.deepspeed)
+        except (OSError, ValueError):  # an unreadable config is reported on its own
+            offload = False
+        half = training_args.fp16 or training_args.bf16
+        needed = estimate_memory(n_params, config, training_args.per_device_train_batch_size, block_size, half,
+                                 training_args.gradient_checkpointing, offload)["checkpoint_disk"]
+        what = "one checkpoint (weights and optimizer state)"
+    try:
+        free = free_disk_bytes(training_args.output_dir)
+    except UsageError as err:
+        return err.problems
+    if free >= needed:
+        return []
+    fixes = "free some space or give an --output_dir on another disk"
+    if what.startswith("one checkpoint"):
+        fixes += f", or add --save_only_model (about {gib(weights)} a checkpoint, but no resuming from it)"
+    return [f"--output_dir {training_args.output_dir}: {what} needs about {gib(needed)} but only {gib(free)} "
+            f"is free there; {fixes}"]
+
+
+# ---------------------------------------------------------------- precision
+
+
+def precision_problems(fp16, bf16, use_cpu, cuda_available, bf16_supported):
+    """--fp16/--bf16 against the machine: fp16 needs a CUDA GPU; bf16 needs Ampere or newer, or --use_cpu."""
+    if fp16 and bf16:
+        return ["--fp16 and --bf16: give one of them, not both"]
+    if fp16 and not cuda_available:
+        return ["--fp16: fp16 needs a CUDA GPU and this machine has none; "
+                f"on CPU use --bf16{'' if use_cpu else ' --use_cpu'} or no precision flag"]
+    if fp16 and use_cpu:
+        return ["--fp16 with --use_cpu: fp16 needs a CUDA GPU; drop --use_cpu, or on CPU use --bf16 "
+                "or no precision flag"]
+    if bf16 and not use_cpu and not cuda_available:
+        return ["--bf16: this machine has no CUDA GPU; add --use_cpu to train in bf16 on the CPU, or drop --bf16"]
+    if bf16 and not use_cpu and not bf16_supported:
+        return ["--bf16: this GPU has no bf16 support (that needs an Ampere or newer card); use --fp16 instead"]
+    return []
+
+
+def machine_precision_problems(fp16, bf16, use_cpu):
+    if not (fp16 or bf16):
+        return []
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return precision_problems(fp16, bf16, use_cpu, cuda, cuda and bf16 and torch.cuda.is_bf16_supported())
+
+
+# ---------------------------------------------------------------- DeepSpeed config
 
 
 def read_deepspeed_config(path):
@@ -15,41 +325,141 @@ def read_deepspeed_config(path):
         return path
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            config = json.load(f)
     except FileNotFoundError:
         raise UsageError(f"--deepspeed {path}: no such file; use the shipped ds_config.json") from None
     except json.JSONDecodeError as err:
         raise UsageError(f"--deepspeed {path}: not valid JSON (line {err.lineno}, column {err.colno}): "
-                         f"{err.msg}") from None
+                         f"{err.msg}; fix it or start from the shipped ds_config.json") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"--deepspeed {path}: cannot read it ({err}); use the shipped ds_config.json") from None
+    if not isinstance(config, dict):
+        raise UsageError(f"--deepspeed {path}: expected a JSON object; start from the shipped ds_config.json")
+    return config
 
 
-def data_file_problems(flag, path):
-    if not os.path.exists(path):
-        return [f"{flag} {path}: no such file"]
-    if not os.path.isfile(path):
-        return [f"{flag} {path}: not a file"]
-    if not builder_for(path):
-        return [f"{flag} {path}: unsupported extension; use one of {', '.join(sorted(BUILDERS))} "
-                "(texttocsv.py turns .txt into .csv)"]
-    if os.path.getsize(path) == 0:
-        return [f"{flag} {path}: the file is empty"]
+# Names Transformers gives TrainingArguments in its mismatch list -> the flags a user types.
+MISMATCH_FLAGS = {
+    "per_device_train_batch_size": "--per_device_train_batch_size",
+    "gradient_accumulation_steps": "--gradient_accumulation_steps",
+    "train_batch_size (calculated)": "--per_device_train_batch_size x --gradient_accumulation_steps x GPUs",
+    "max_grad_norm": "--max_grad_norm",
+    "learning_rate": "--learning_rate",
+    "adam_beta1+adam_beta2": "--adam_beta1/--adam_beta2",
+    "adam_epsilon": "--adam_epsilon",
+    "weight_decay": "--weight_decay",
+    "fp16|fp16_full_eval": "--fp16",
+    "bf16|bf16_full_eval": "--bf16",
+}
+MISMATCH = re.compile(r"- ds (?P<key>\S+)=(?P<ds>.*) vs hf (?P<hf>[^=]+)=(?P<flag>.*)")
+
+
+def deepspeed_problems(training_args):
+    """The config file itself, then every value it sets that contradicts a flag, found by Transformers' own
+    HfTrainerDeepSpeedConfig (which would otherwise complain only once the model is loaded)."""
+    try:
+        ds_config = read_deepspeed_config(training_args.deepspeed)
+    except UsageError as err:
+        return err.problems
+    if ds_config is None:
+        return []
+    return [mismatch_line(training_args.deepspeed, line) for line in deepspeed_mismatches(ds_config, training_args)]
+
+
+def deepspeed_mismatches(ds_config, training_args):
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig, set_hf_deepspeed_config
+
+    probe = HfTrainerDeepSpeedConfig(copy.deepcopy(ds_config))
+    probe.trainer_config_process(training_args)
+    in_use = getattr(training_args, "hf_deepspeed_config", None)
+    if in_use is not None:
+        set_hf_deepspeed_config(in_use)  # the probe made itself the process-wide config; give the place back
+    return probe.mismatches
+
+
+def mismatch_line(path, mismatch):
+    match = MISMATCH.fullmatch(mismatch.strip())
+    if not match:
+        return f"--deepspeed {path}: contradicts the flags: {mismatch.strip(' -')}; set that key to \"auto\""
+    key, hf_name, flag_value = match["key"], match["hf"].strip(), match["flag"]
+    flag = MISMATCH_FLAGS.get(hf_name, f"--{hf_name}")
+    ds_value = _as_json(match["ds"])
+    if flag_value in ("True", "False"):
+        said = f"{flag} is {'given' if flag_value == 'True' else 'not given'}"
+    else:
+        said = f"{flag} {'make' if ' x ' in flag else 'is'} {flag_value}"
+    return (f"--deepspeed {path}: \"{key}\" is {ds_value} but {said}; set \"{key}\" to \"auto\" in the config "
+            "or change the flag")
+
+
+def _as_json(python_repr):
+    return {"True": "true", "False": "false", "None": "null"}.get(python_repr, python_repr)
+
+
+# ---------------------------------------------------------------- model config and tokenizer
+
+
+def load_config_and_tokenizer(model_args, problems):
+    """(config, tokenizer), None for whichever cannot be had; why goes into `problems`."""
+    from .loading import hub_options, load_config, load_tokenizer, model_weights_problems
+
+    has_source = model_args.model_name_or_path or model_args.model_type or model_args.config_name
+    config = attempt(problems, load_config, model_args) if has_source else None
+    if model_args.model_name_or_path and (model_args.config_name or config is not None):
+        problems += model_weights_problems(model_args.model_name_or_path, **hub_options(model_args))
+    tokenizer_name = model_args.tokenizer_name or model_args.model_name_or_path
+    if not tokenizer_name:
+        if has_source:
+            problems.append("no tokenizer: give --tokenizer_name when training from scratch with --model_type")
+        return config, None
+    if tokenizer_name == model_args.model_name_or_path and not model_args.config_name and config is None:
+        return None, None  # the same path just failed for the config; once is enough
+    flag = "--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path"
+    return config, attempt(problems, load_tokenizer, tokenizer_name, flag=flag, **hub_options(model_args))
+
+
+# ---------------------------------------------------------------- flags TrainingArguments refuses
+
+
+def training_flag_problems(err, parser, argv):
+    """TrainingArguments raised ValueError while parsing. Say why in our words, then parse again with the flags
+    we blamed set aside and add everything else find_problems reports, so that one run still shows it all."""
+    values = vars(parser.parse_known_args(argv)[0])
+    if values.get("deepspeed"):
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()  # a DeepSpeed config that failed half-way made itself the process-wide one
+    problems, set_aside = [], {}
+    precision = machine_precision_problems(values.get("fp16"), values.get("bf16"), values.get("use_cpu"))
+    if precision:
+        problems, set_aside = precision, {"fp16": False, "bf16": False}
+    refused = deepspeed_file_problems(values["deepspeed"]) if values.get("deepspeed") else []
+    if refused:
+        problems, set_aside = problems + refused, dict(set_aside, deepspeed=None)
+    try:
+        model_args, data_args, training_args = _build(parser, values, **set_aside)
+    except ValueError as still:  # not (only) what we blamed
+        return problems + [f"invalid training flags: {' '.join(str(still).split())}"]
+    problems += find_problems(model_args, data_args, training_args)[0]
+    return problems or [f"invalid training flags: {' '.join(str(err).split())}"]
+
+
+def deepspeed_file_problems(path):
+    """What DeepSpeed itself refuses in the file before any flag is compared (e.g. no zero_optimization)."""
+    try:
+        ds_config = read_deepspeed_config(path)
+    except UsageError as err:
+        return err.problems
+    if not isinstance(ds_config.get("zero_optimization"), dict):
+        return [f"--deepspeed {path}: no \"zero_optimization\" section; add one, e.g. as in the shipped "
+                "ds_config.json (ZeRO stage 2 with the optimizer offloaded)"]
     return []
 
 
-def check_before_loading(model_args, data_args, training_args):
-    problems = []
-    if training_args.do_train and not data_args.train_file:
-        problems.append("--do_train needs --train_file")
-    for flag, path in (("--train_file", data_args.train_file), ("--validation_file", data_args.validation_file)):
-        if path:
-            problems += data_file_problems(flag, path)
-    if not model_args.model_name_or_path and not model_args.model_type and not model_args.config_name:
-        problems.append("no model: give --model_name_or_path, or --model_type/--config_name to build one")
-    if model_args.config_overrides and model_args.model_name_or_path:
-        problems.append("--config_overrides only applies when building a model from scratch; "
-                        "drop it or drop --model_name_or_path")
-    try:
-        read_deepspeed_config(training_args.deepspeed)
-    except UsageError as err:
-        problems += err.problems
-    raise_if_any(problems)
+def _build(parser, values, **changes):
+    values = dict(values, **changes)
+    built = []
+    for kind in parser.dataclass_types:
+        names = {f.name for f in dataclasses.fields(kind) if f.init}
+        built.append(kind(**{name: value for name, value in values.items() if name in names}))
+    return built

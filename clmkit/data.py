@@ -57,8 +57,26 @@ def load_raw_texts(data_args, cache_dir=None):
     return raw, column
 
 
+MAP_BATCH = 1000  # documents per batch when cutting blocks: each batch's remainder is dropped
+
+
 def tokenize_to_sequences(raw, column, tokenizer, block_size, data_args, training_args):
     """Tokenize, then concatenate-and-cut into blocks, or pad each example to block_size."""
+    tokens = tokenize_texts(raw, column, tokenizer, data_args, training_args)
+    return make_sequences(tokens, tokenizer, block_size, data_args, training_args)
+
+
+def _map_options(data_args):
+    return {
+        "batched": True,
+        "batch_size": MAP_BATCH,
+        "num_proc": data_args.preprocessing_num_workers,
+        "load_from_cache_file": not data_args.overwrite_cache,
+    }
+
+
+def tokenize_texts(raw, column, tokenizer, data_args, training_args):
+    """Each non-empty text as token ids, ending in the end-of-text token."""
     eos = tokenizer.eos_token_id
 
     def tokenize(batch):
@@ -67,18 +85,19 @@ def tokenize_to_sequences(raw, column, tokenizer, block_size, data_args, trainin
         # The end-of-text token marks where one document stops and the next begins.
         return {"input_ids": [seq + [eos] for seq in ids]}
 
-    map_options = {
-        "batched": True,
-        "num_proc": data_args.preprocessing_num_workers,
-        "load_from_cache_file": not data_args.overwrite_cache,
-    }
     with training_args.main_process_first(desc="tokenizing"):
-        tokens = raw.map(tokenize, remove_columns=raw["train"].column_names, desc="Tokenizing", **map_options)
-        if data_args.separate_examples:
-            to_sequences = lambda batch: pad_examples(batch, block_size, tokenizer.pad_token_id)  # noqa: E731
-        else:
-            to_sequences = lambda batch: cut_blocks(batch, block_size)  # noqa: E731
-        return tokens.map(to_sequences, desc=f"Making sequences of {block_size} tokens", **map_options)
+        return raw.map(tokenize, remove_columns=raw["train"].column_names, desc="Tokenizing",
+                       **_map_options(data_args))
+
+
+def make_sequences(tokens, tokenizer, block_size, data_args, training_args):
+    """Token ids of whole documents -> training sequences of exactly block_size tokens."""
+    if data_args.separate_examples:
+        to_sequences = lambda batch: pad_examples(batch, block_size, tokenizer.pad_token_id)  # noqa: E731
+    else:
+        to_sequences = lambda batch: cut_blocks(batch, block_size)  # noqa: E731
+    with training_args.main_process_first(desc="making sequences"):
+        return tokens.map(to_sequences, desc=f"Making sequences of {block_size} tokens", **_map_options(data_args))
 
 
 def cut_blocks(batch, block_size):
@@ -101,23 +120,21 @@ def pad_examples(batch, block_size, pad_id):
     return out
 
 
-def split_sequences(sequences, data_args, block_size):
-    """Train and eval sets, holding out the last sequences when there is no validation file."""
+def split_sequences(sequences, data_args, block_size, tokens=None):
+    """Train and eval sets, holding out the last sequences when there is no validation file.
+
+    `tokens` (the tokenized documents, before cutting) lets a too-short file be reported with its token count
+    and a --block_size that would work."""
+    problems = [too_short(split, data_args, block_size, len(sequences[split]), tokens)
+                for split in sequences if len(sequences[split]) < sequences_needed(split, data_args)]
+    if problems:
+        raise UsageError(*problems)
     train = sequences["train"]
-    if len(train) == 0:
-        raise UsageError(f"{data_args.train_file}: shorter than one block of {block_size} tokens; "
-                         "use a smaller --block_size or more text")
     if "validation" in sequences:
         evaluation = sequences["validation"]
-        if len(evaluation) == 0:
-            raise UsageError(f"{data_args.validation_file}: shorter than one block of {block_size} tokens; "
-                             "use a smaller --block_size or more text")
     else:
         # The tail, not a random sample: neighbouring blocks of one text would leak into training.
-        held_out = max(1, math.ceil(len(train) * data_args.validation_split_percentage / 100))
-        if held_out >= len(train):
-            raise UsageError(f"{data_args.train_file}: only {len(train)} sequence(s) of {block_size} tokens, too few "
-                             "to hold some out for evaluation; give --validation_file or a smaller --block_size")
+        held_out = held_out_count(len(train), data_args.validation_split_percentage)
         evaluation = train.select(range(len(train) - held_out, len(train)))
         train = train.select(range(len(train) - held_out))
     if data_args.max_train_samples is not None:
@@ -125,3 +142,59 @@ def split_sequences(sequences, data_args, block_size):
     if data_args.max_eval_samples is not None:
         evaluation = evaluation.select(range(min(len(evaluation), data_args.max_eval_samples)))
     return train, evaluation
+
+
+def held_out_count(n_sequences, percentage):
+    return max(1, math.ceil(n_sequences * percentage / 100))
+
+
+def sequences_needed(split, data_args):
+    """One, or for a train split that must also give up the evaluation sequences, enough to keep some."""
+    if split == "validation" or data_args.validation_file:
+        return 1
+    return next((n for n in range(2, 10_000) if held_out_count(n, data_args.validation_split_percentage) < n),
+                10_000)
+
+
+def too_short(split, data_args, block_size, have, tokens):
+    """One line: how much text the split has, and what would make enough sequences of it."""
+    flag, path = ("--validation_file", data_args.validation_file) if split == "validation" else \
+        ("--train_file", data_args.train_file)
+    needed = sequences_needed(split, data_args)
+    hold_out = f"too few to hold {data_args.validation_split_percentage}% out for evaluation and train on the rest"
+    if data_args.separate_examples:
+        if have == 0:
+            return f"{flag} {path}: no text in it (every example is empty); put text in it"
+        return f"{flag} {path}: only {have} example(s), {hold_out}; give --validation_file or more examples"
+    if tokens is None:
+        size, fix = "", "use a smaller --block_size or more text"
+    else:
+        batches = batch_token_counts(tokens[split])
+        works = largest_block_size(batches, needed, below=block_size)
+        size = f"{sum(batches):,} tokens, "
+        fix = f"use --block_size {works} or less, or more text" if works else "put more text in it"
+    if have == 0:
+        also = "" if needed == 1 else f" ({needed} blocks: to train on and to hold out; or give --validation_file)"
+        return f"{flag} {path}: {size}shorter than one block of {block_size} tokens; {fix}{also}"
+    return (f"{flag} {path}: {size}only {have} sequence(s) of {block_size} tokens, {hold_out}; "
+            f"give --validation_file, or {fix}")
+
+
+def batch_token_counts(documents):
+    """Tokens in each batch of documents that cut_blocks sees."""
+    lengths = [len(ids) for ids in documents["input_ids"]]
+    return [sum(lengths[i:i + MAP_BATCH]) for i in range(0, len(lengths), MAP_BATCH)]
+
+
+def largest_block_size(batch_tokens, needed, below):
+    """The largest block size under `below` that cuts at least `needed` sequences, or None (not even 2 does)."""
+    def blocks(size):
+        return sum(n // size for n in batch_tokens)
+
+    if blocks(2) < needed:
+        return None
+    low, high = 2, below - 1  # blocks() only falls as the size grows
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if blocks(middle) >= needed else (low, middle - 1)
+    return low

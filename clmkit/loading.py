@@ -10,12 +10,48 @@ from .errors import UsageError
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
-def _not_found(flag: str, name: str, err: Exception) -> UsageError:
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
-    where = "not a local folder and the hub is offline (HF_HUB_OFFLINE is set)" if offline else \
-        "not a local folder nor a model on the hub"
-    detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return UsageError(f"{flag} {name}: {where}; give a folder saved with save_pretrained ({detail})")
+SIZE_KEYS = ("n_embd", "n_layer", "n_head", "n_positions", "hidden_size", "num_hidden_layers",
+             "num_attention_heads", "max_position_embeddings", "vocab_size")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
+
+
+def _not_found(flag: str, name: str, err: Exception, what: str = "model") -> UsageError:
+    """One line for a model, config or tokenizer that cannot be had: no such folder, a folder without the files,
+    or a hub name that is not downloaded while offline (or does not exist)."""
+    detail = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+    saved = "give a folder written by save_pretrained"
+    if os.path.isdir(name):
+        files = {"config": "config.json", "tokenizer": "tokenizer files (tokenizer.json, or vocab.json and merges.txt)"}
+        missing = files.get(what, "model files")
+        return UsageError(f"{flag} {name}: the folder has no usable {missing} ({detail}); {saved}")
+    if _looks_like_path(name) or os.path.exists(name):
+        return UsageError(f"{flag} {name}: no such folder; {saved}, or a hub model name such as gpt2-xl")
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
+        return UsageError(f"{flag} {name}: not a local folder, and not downloaded while the hub is offline "
+                          f"(HF_HUB_OFFLINE is set); download it once online (hf download {name}) or {saved}")
+    return UsageError(f"{flag} {name}: not a local folder nor a model on the hub ({detail}); check the name, "
+                      f"or {saved}")
+
+
+def model_weights_problems(name_or_path: str, **hub_kwargs) -> list[str]:
+    """Whether --model_name_or_path can give weights, checked without loading them: a local folder must hold a
+    weights file; a hub name must at least resolve (its config is fetched)."""
+    flag = "--model_name_or_path"
+    if os.path.isdir(name_or_path):
+        if any(os.path.isfile(os.path.join(name_or_path, f)) for f in WEIGHT_FILES):
+            return []
+        return [f"{flag} {name_or_path}: the folder has no model weights ({' or '.join(WEIGHT_FILES[::2])}); "
+                "give a folder written by save_pretrained, or build a new model with --config_name/--model_type"]
+    try:
+        AutoConfig.from_pretrained(name_or_path, **hub_kwargs)
+    except (OSError, ValueError) as err:
+        return _not_found(flag, name_or_path, err).problems
+    return []
 
 
 def load_tokenizer(name_or_path: str, flag: str = "--tokenizer_name", padding_side: str = "right", **hub_kwargs):
@@ -23,7 +59,7 @@ def load_tokenizer(name_or_path: str, flag: str = "--tokenizer_name", padding_si
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, **hub_kwargs)
     except (OSError, ValueError) as err:
-        raise _not_found(flag, name_or_path, err) from None
+        raise _not_found(flag, name_or_path, err, what="tokenizer") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = padding_side
@@ -39,17 +75,33 @@ def load_config(model_args):
         try:
             config = AutoConfig.from_pretrained(name, **hub_kwargs)
         except (OSError, ValueError) as err:
-            raise _not_found(flag, name, err) from None
+            raise _not_found(flag, name, err, what="config") from None
     elif model_args.model_type in CONFIG_MAPPING:
         config = CONFIG_MAPPING[model_args.model_type]()
     else:
         raise UsageError(f"--model_type {model_args.model_type}: unknown; use e.g. gpt2, gpt_neo or gptj")
     if model_args.config_overrides:
-        try:
-            config.update_from_string(model_args.config_overrides)
-        except ValueError as err:
-            raise UsageError(f"--config_overrides {model_args.config_overrides}: {err}") from None
+        _apply_overrides(config, model_args.config_overrides)
     return config
+
+
+def _apply_overrides(config, overrides: str):
+    """key=value pairs, each checked on its own so that every bad one is named."""
+    problems = []
+    for pair in overrides.split(","):
+        key, _, value = pair.partition("=")
+        if not key.strip() or not value.strip():
+            problems.append(f"--config_overrides {overrides}: '{pair}' is not key=value; "
+                            "write e.g. n_embd=1600,n_layer=48,n_head=25")
+            continue
+        try:
+            config.update_from_string(pair.strip())
+        except ValueError as err:
+            sizes = [k for k in config.to_dict() if k in SIZE_KEYS]
+            known = "" if hasattr(config, key.strip()) else f"; {config.model_type} has e.g. {', '.join(sizes)}"
+            problems.append(f"--config_overrides {overrides}: {pair.strip()}: {err}{known}")
+    if problems:
+        raise UsageError(*problems)
 
 
 def hub_options(model_args) -> dict:
