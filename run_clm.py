@@ -11,6 +11,7 @@ from the newest checkpoint in --output_dir; --overwrite_output_dir starts again 
 
 import math
 import os
+import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # clmkit/ beside this file, wherever it is run from
@@ -85,23 +86,27 @@ def load_model(model_args, config, tokenizer):
 
 
 def build_trainer(model, tokenizer, training_args, block_size, train_set, eval_set):
-    from transformers import Trainer, default_data_collator
+    from transformers import default_data_collator
 
     from clmkit.plotting import LossPlotCallback
+    from clmkit.resilience import ClmTrainer, StopOnSignal, callbacks_for
     from clmkit.stats import RunStatsCallback
 
     tokens_per_step = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
                        * training_args.world_size * block_size)
-    return Trainer(
+    trainer = ClmTrainer(
         model=model,
         args=training_args,
         train_dataset=train_set if training_args.do_train else None,
         eval_dataset=eval_set if training_args.do_eval else None,
         processing_class=tokenizer,
         data_collator=default_data_collator,
-        callbacks=[LossPlotCallback(training_args.output_dir),
+        callbacks=[LossPlotCallback(training_args.output_dir), StopOnSignal(),
                    RunStatsCallback(training_args.output_dir, tokens_per_step)],
     )
+    for callback in callbacks_for(trainer):
+        trainer.add_callback(callback)
+    return trainer
 
 
 def print_plan(model, config, training_args, block_size, train_set, trainer):
@@ -114,15 +119,25 @@ def print_plan(model, config, training_args, block_size, train_set, trainer):
 
 
 def train(trainer, training_args, train_set):
-    from clmkit.checkpoints import resume_point
+    """Train from step 0 or from the newest complete checkpoint; on SIGTERM/SIGINT, checkpoint and stop."""
+    from clmkit.checkpoints import delete_replaced_runs, resume_point
+    from clmkit.resilience import StopOnSignal, save_final_model
 
     checkpoint = resume_point(training_args)
     result = trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model()  # the final weights and tokenizer, into output_dir
+    stop = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, StopOnSignal))
+    if stop.received:
+        print(f"stopped by {signal.Signals(stop.received).name} after step {trainer.state.global_step}: "
+              f"checkpoint saved in {training_args.output_dir}/checkpoint-{trainer.state.global_step}; "
+              "rerun the same command to continue", flush=True)
+        sys.exit(128 + stop.received)
+    save_final_model(trainer, training_args.output_dir)
     metrics = dict(result.metrics, train_samples=len(train_set))
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
     trainer.save_state()
+    if trainer.is_world_process_zero():
+        delete_replaced_runs(training_args.output_dir)  # announced when a fresh start set them aside
 
 
 def evaluate(trainer, eval_set):

@@ -2,10 +2,17 @@
 
 import os
 import re
+import shutil
+import time
 
 from .errors import UsageError
 
 CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
+# Files a finished run leaves at the top of output_dir, beside its checkpoint-<step> folders.
+FINAL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
+               "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+               "chat_template.jinja", "training_args.bin", "trainer_state.json", "train_results.json",
+               "eval_results.json", "all_results.json", "loss.png", "run_stats.json")
 
 
 def is_complete(path: str) -> bool:
@@ -30,19 +37,59 @@ def newest_complete_checkpoint(output_dir: str):
     return complete[-1] if complete else None
 
 
+def remove_incomplete_checkpoints(output_dir):
+    """A checkpoint without trainer_state.json was cut short by a crash: it holds nothing to resume from,
+    and left in place it would count against --save_total_limit."""
+    for _, path in checkpoints_in(output_dir):
+        if not is_complete(path):
+            print(f"notice: removing {path}: it was being written when the last run stopped", flush=True)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def set_aside_previous_run(output_dir):
+    """For a fresh start over an earlier run: move its checkpoints and model into a folder that is deleted
+    only once the new run finishes, so a failed fresh run loses nothing."""
+    previous = [path for _, path in checkpoints_in(output_dir)]
+    previous += [os.path.join(output_dir, name) for name in FINAL_FILES
+                 if os.path.isfile(os.path.join(output_dir, name))]
+    if not previous:
+        return
+    aside = os.path.join(output_dir, time.strftime("previous-run-%Y%m%d-%H%M%S"))
+    os.makedirs(aside)
+    for path in previous:
+        os.replace(path, os.path.join(aside, os.path.basename(path)))
+    print(f"notice: starting from step 0 (--overwrite_output_dir): the earlier run's checkpoints and model "
+          f"moved to {aside}; they are deleted when this run finishes", flush=True)
+
+
 def resume_point(training_args):
     """The checkpoint to resume from, or None to start at step 0; says which on one line."""
+    output_dir = training_args.output_dir
     if training_args.resume_from_checkpoint:
         path = training_args.resume_from_checkpoint
         if not is_complete(path):
-            raise UsageError(f"--resume_from_checkpoint {path}: not a complete checkpoint (no trainer_state.json)")
+            raise UsageError(f"--resume_from_checkpoint {path}: not a complete checkpoint (no trainer_state.json); "
+                             f"pick another checkpoint-<step> folder or drop the flag")
         print(f"resuming from {path} (--resume_from_checkpoint)", flush=True)
         return path
-    newest = newest_complete_checkpoint(training_args.output_dir)
-    if newest and training_args.overwrite_output_dir:
-        print(f"starting from step 0 (--overwrite_output_dir): checkpoints in {training_args.output_dir} "
-              "will be replaced as new ones are written", flush=True)
-        return None
+    with training_args.main_process_first(desc="tidying checkpoints"):
+        if training_args.should_save:  # one process touches the folder
+            remove_incomplete_checkpoints(output_dir)
+            if training_args.overwrite_output_dir:
+                set_aside_previous_run(output_dir)
+        newest = None if training_args.overwrite_output_dir else newest_complete_checkpoint(output_dir)
     if newest:
-        print(f"resuming from {newest}: rerun with --overwrite_output_dir to start from step 0 instead", flush=True)
+        print(f"resuming from {newest} (step {step_of(newest)}); --overwrite_output_dir starts from step 0 "
+              "instead", flush=True)
     return newest
+
+
+def delete_replaced_runs(output_dir):
+    """Once a fresh run has finished, the runs it replaced (set aside at its start) can go."""
+    for name in os.listdir(output_dir):
+        if name.startswith("previous-run-"):
+            shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+
+
+def step_of(checkpoint):
+    return int(CHECKPOINT_DIR.match(os.path.basename(checkpoint)).group(1))

@@ -4,6 +4,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import sys
 
 import pytest
@@ -13,9 +14,17 @@ from conftest import REPO, python, run
 DEEPSPEED = shutil.which("deepspeed") or os.path.join(os.path.dirname(sys.executable), "deepspeed")
 
 
+def free_port():
+    """A port for the launcher's rendezvous, so runs side by side don't collide on the default 29500."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def deepspeed_run(*args, cwd=None):
     """The user's way in: the deepspeed launcher, one process."""
-    return run([DEEPSPEED, "--num_gpus=1", os.path.join(REPO, "run_clm.py"), *map(str, args)], cwd=cwd)
+    return run([DEEPSPEED, "--num_gpus=1", f"--master_port={free_port()}", os.path.join(REPO, "run_clm.py"),
+                *map(str, args)], cwd=cwd)
 
 
 def common_flags(tiny_model, corpus, out):

@@ -1,0 +1,141 @@
+"""Pre-emption: a run killed anywhere and rerun with the identical command ends where an uninterrupted run ends.
+
+Exact equality holds on CPU in full precision: the Trainer restores weights, optimizer, scheduler, RNG and
+the data position, so the arithmetic after resume is the same arithmetic.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+from conftest import REPO
+from test_run_clm import DEEPSPEED, free_port
+
+STEPS, SAVE_EVERY = 18, 6
+
+
+def command(tiny_model, corpus, out, use_deepspeed):
+    flags = ["--model_name_or_path", tiny_model, "--train_file", corpus / "train.txt", "--do_train",
+             "--output_dir", out, "--block_size", 64, "--per_device_train_batch_size", 4,
+             "--max_steps", STEPS, "--save_steps", SAVE_EVERY, "--logging_steps", 1, "--learning_rate", 1e-3,
+             "--seed", 3, "--use_cpu", "--report_to", "none"]
+    script = [os.path.join(REPO, "run_clm.py"), *map(str, flags)]
+    if use_deepspeed:  # full precision: DeepSpeed's CPU Adam on fp32 master weights
+        return [DEEPSPEED, "--num_gpus=1", f"--master_port={free_port()}", *script,
+                "--deepspeed", os.path.join(REPO, "ds_config.json")]
+    return [sys.executable, *script]
+
+
+def start(cmd, env=None):
+    return subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, **(env or {})), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def run_to_end(cmd):
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def run_until_paused(cmd, hook):
+    """Start the run with the test hook; return the process once it says it has paused there."""
+    proc = start(cmd, {"CLM_TEST_PAUSE": hook})
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "test hook: paused" in line:  # progress bars share the line
+            proc.seen = "".join(seen)
+            return proc
+    proc.wait()
+    pytest.fail(f"the run ended (exit {proc.returncode}) before the hook {hook}:\n" + "".join(seen[-40:]))
+
+
+def final_state(out):
+    with open(out / "trainer_state.json") as f:
+        state = json.load(f)
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    return state["global_step"], losses, load_file(out / "model.safetensors")
+
+
+def assert_same_result(reference, out):
+    step, losses, weights = final_state(out)
+    ref_step, ref_losses, ref_weights = reference
+    assert step == ref_step == STEPS
+    assert losses[-1] == ref_losses[-1]
+    assert weights.keys() == ref_weights.keys()
+    for name in weights:
+        assert weights[name].equal(ref_weights[name]), name
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "deepspeed"])
+def setup(request, tiny_model, corpus, tmp_path_factory):
+    use_deepspeed = request.param
+    out = tmp_path_factory.mktemp("reference") / "out"
+    run_to_end(command(tiny_model, corpus, out, use_deepspeed))
+    return use_deepspeed, final_state(out)
+
+
+@pytest.mark.parametrize("hook, resumes_from", [
+    ("step:3", None),                        # before the first checkpoint: starts again from step 0
+    ("step:9", "checkpoint-6"),              # between checkpoints
+    ("save:12", "checkpoint-6"),             # while checkpoint-12 is being written: it must not be used
+])
+def test_sigkill_then_rerun_matches_uninterrupted(setup, hook, resumes_from, tiny_model, corpus, tmp_path):
+    use_deepspeed, reference = setup
+    if use_deepspeed and hook == "step:3":
+        pytest.skip("covered without DeepSpeed; nothing DeepSpeed-specific exists before the first checkpoint")
+    out = tmp_path / "out"
+    cmd = command(tiny_model, corpus, out, use_deepspeed)
+    proc = run_until_paused(cmd, hook)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    if hook.startswith("save:"):
+        assert not (out / "checkpoint-12" / "trainer_state.json").exists()
+    log = run_to_end(cmd)
+    if resumes_from:
+        assert f"resuming from {out / resumes_from}" in log
+    else:
+        assert "resuming from" not in log
+    assert_same_result(reference, out)
+
+
+def test_sigterm_checkpoints_and_exits_then_rerun_matches(setup, tiny_model, corpus, tmp_path):
+    use_deepspeed, reference = setup
+    out = tmp_path / "out"
+    cmd = command(tiny_model, corpus, out, use_deepspeed)
+    proc = run_until_paused(cmd, "step:8")
+    proc.send_signal(signal.SIGTERM)  # to what the user started: the launcher forwards it to the worker
+    rest = proc.stdout.read()
+    proc.wait(timeout=120)
+    assert "SIGTERM received" in rest
+    assert "stopped by SIGTERM after step 9" in rest, rest[-3000:]
+    assert (out / "checkpoint-9" / "trainer_state.json").is_file()  # a fresh checkpoint, off the save schedule
+    assert not (out / "model.safetensors").exists()  # no final model from an unfinished run
+    log = run_to_end(cmd)
+    assert f"resuming from {out / 'checkpoint-9'}" in log
+    assert_same_result(reference, out)
+
+
+def test_fresh_start_keeps_the_earlier_run_until_it_finishes(setup, tiny_model, corpus, tmp_path):
+    use_deepspeed, _ = setup
+    if use_deepspeed:
+        pytest.skip("folder handling is the same with and without DeepSpeed")
+    out = tmp_path / "out"
+    cmd = command(tiny_model, corpus, out, use_deepspeed)
+    run_to_end(cmd)
+    earlier = (out / "model.safetensors").read_bytes()
+    proc = run_until_paused(cmd + ["--overwrite_output_dir"], "step:2")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert "starting from step 0 (--overwrite_output_dir)" in proc.seen
+    aside = [p for p in out.iterdir() if p.name.startswith("previous-run-")]
+    assert len(aside) == 1 and (aside[0] / "model.safetensors").read_bytes() == earlier
+    assert (aside[0] / "checkpoint-18" / "trainer_state.json").is_file()
+    run_to_end(cmd + ["--overwrite_output_dir"])
+    assert (out / "trainer_state.json").is_file()
+    assert not [p for p in out.iterdir() if p.name.startswith("previous-run-")]
