@@ -83,9 +83,27 @@ def pause(where):
 
 
 class ClmTrainer(Trainer):
-    """The Trainer, plus a timer around checkpoint writes and a test hook inside them."""
+    """The Trainer, plus a timer around checkpoint writes, a test hook inside them, and the chunked loss."""
 
     checkpoint_started = None
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not getattr(self.args, "chunked_loss", False) or return_outputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        from .loss import chunked_causal_lm_loss_sum
+
+        # Ask for the last position's logits only; the loss is computed from the final hidden states.
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+                        logits_to_keep=1, output_hidden_states=True)
+        head = self.accelerator.unwrap_model(model).get_output_embeddings()
+        loss_sum, count = chunked_causal_lm_loss_sum(outputs.hidden_states[-1], inputs["labels"], head)
+        if num_items_in_batch is None or not self.model_accepts_loss_kwargs:
+            return loss_sum / count.clamp(min=1)
+        # As the model's own loss does: normalise by the tokens of the whole accumulated batch, across ranks.
+        loss = loss_sum / num_items_in_batch
+        if self.args.average_tokens_across_devices:
+            loss = loss * self.accelerator.num_processes
+        return loss
 
     def save_model(self, output_dir=None, _internal_call=False):
         if _internal_call:  # the first thing a checkpoint write does
