@@ -1,0 +1,124 @@
+"""bench/throughput.py runs real rows (a tiny GPT-2 on the CPU under the deepspeed launcher) into one table,
+keeps going past a row that fails, and says why it failed in one line."""
+
+import json
+import os
+
+import psutil
+import pytest
+
+from conftest import REPO, python
+
+from bench import throughput
+
+
+def test_table_of_real_runs_survives_a_failing_row(tiny_model, corpus, tmp_path, monkeypatch):
+    monkeypatch.setitem(throughput.CONFIGS, "broken", throughput.Config("ds_config.json", ("--no_such_flag",)))
+    prefix = tmp_path / "docs" / "benchmark"
+    logs = tmp_path / "logs"
+    code = throughput.main([
+        "--tiny", str(tiny_model), "--use_cpu", "--block_size", "64", "--steps", "8",
+        "--configs", "broken,classic-acc8",  # classic is added, first
+        "--train_file", str(corpus / "train.txt"), "--validation_file", str(corpus / "validation.txt"),
+        "--work_dir", str(tmp_path / "work"), "--log_dir", str(logs), "--out_prefix", str(prefix)])
+    assert code == 0
+
+    assert (tmp_path / "docs" / "benchmark.md").is_file()
+    with open(tmp_path / "docs" / "benchmark.json") as f:
+        result = json.load(f)
+    rows = {row["name"]: row for row in result["rows"]}
+    assert [row["name"] for row in result["rows"]] == ["classic", "broken", "classic-acc8"]
+    assert result["complete"] is True
+    assert result["header"]["steps"] == 8 and result["header"]["gpu"] == "none (CPU)"
+    assert set(result["header"]["versions"]) == {"torch", "transformers", "deepspeed"}
+
+    for name, sequences in (("classic", 16), ("classic-acc8", 64)):
+        row = rows[name]
+        assert row["status"] == "ok", row
+        assert row["tokens_per_s"] > 0 and row["s_per_step"] > 0
+        assert row["peak_host_rss_gib"] > 0 and row["time_to_first_step_s"] > 0
+        assert row["sequences_per_step"] == sequences  # micro-batch 8 x accumulation 2 or 8, from run_stats
+        assert row["run_stats"]["steps_timed"] >= 1
+    assert rows["classic"]["ratio_to_classic"] == 1.0
+    assert rows["classic-acc8"]["ratio_to_classic"] == pytest.approx(
+        rows["classic-acc8"]["tokens_per_s"] / rows["classic"]["tokens_per_s"])
+
+    broken = rows["broken"]
+    assert broken["status"] == "failed" and broken["ratio_to_classic"] is None
+    assert broken["error"].startswith("unknown flag(s): --no_such_flag"), broken["error"]
+
+    markdown = (tmp_path / "docs" / "benchmark.md").read_text()
+    assert "GPU: none (CPU)" in markdown and "deepspeed " in markdown
+    table = [line for line in markdown.splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + 3  # the column names, then one line per row
+    assert table[1].startswith("| classic | 16 | ") and table[1].endswith(" | 1.00 |")
+    assert "| broken | 16 | failed: unknown flag(s): --no_such_flag" in markdown
+
+    for name in rows:
+        assert (logs / f"{name}.log").is_file()
+        # The data was tokenized once beforehand, into the cache every row reads.
+        assert "Tokenizing" not in (logs / f"{name}.log").read_text(), name
+    assert not [child for child in psutil.Process().children(recursive=True) if child.is_running()
+                and child.status() != psutil.STATUS_ZOMBIE]  # every run stopped, launcher and workers
+
+
+OOM_LOG = """\
+[2026-01-01 10:00:00,000] [INFO] [launch.py:256:main] process 1234 spawned with command: [...]
+Traceback (most recent call last):
+  File "run_clm.py", line 150, in <module>
+torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 1.53 GiB. GPU 0 has a total capacity of 79.19 GiB \
+of which 60.10 GiB is free. Including non-PyTorch memory, this process has 16.00 GiB memory in use.
+[2026-01-01 10:00:09,000] [INFO] [launch.py:253:sigkill_handler] Killing subprocess 1234
+[2026-01-01 10:00:09,000] [ERROR] [launch.py:259:sigkill_handler] ['python', '-u', 'run_clm.py'] exits with \
+return code = 1
+"""
+
+
+def test_failure_reason_finds_the_meaningful_line():
+    reason = throughput.failure_reason
+    assert reason(OOM_LOG, 1) == "CUDA out of memory. Tried to allocate 1.53 GiB"
+    crash = "noise\nTraceback (most recent call last):\nRuntimeError: NCCL timeout\nsubprocess.CalledProcessError: x\n"
+    assert reason(crash, 1) == "RuntimeError: NCCL timeout"
+    assert reason("error: --train_file x.csv: no such file\nerror: --fp16: no GPU\n", 2) == \
+        "--train_file x.csv: no such file; --fp16: no GPU"
+    killed = "[2026-01-01 10:00:00,000] [ERROR] [launch.py:259:sigkill_handler] [...] exits with return code = -9\n"
+    assert reason(killed, 247) == "killed by SIGKILL (host out of memory?)"
+    assert reason("RuntimeError: DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes", 1) \
+        .startswith("host out of memory: ")
+    assert reason("something odd\n", 3) == "exit code 3: something odd"
+
+
+def test_rows_are_what_the_issue_asks_for():
+    configs = throughput.CONFIGS
+    assert list(configs)[:4] == ["classic", "classic-bf16", "classic-acc8", "no-offload-80g"]
+    assert configs["classic"] == throughput.Config(
+        "ds_config.json", ("--fp16", "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "2"))
+    assert configs["no-offload-80g"].gpu_memory_gib is None
+    for name, config in configs.items():
+        if config.ds_config:
+            with open(os.path.join(REPO, config.ds_config)) as f:
+                json.load(f)
+    # The no-offload config is the shipped one, "auto" values and all, without the optimizer offload.
+    with open(os.path.join(REPO, "ds_config.json")) as f:
+        shipped = json.load(f)
+    with open(os.path.join(REPO, "bench", "ds_zero2_no_offload.json")) as f:
+        no_offload = json.load(f)
+    del shipped["zero_optimization"]["offload_optimizer"]
+    assert no_offload == shipped and no_offload["zero_optimization"]["stage"] == 2
+
+
+def test_bad_arguments_are_one_line_each_and_list_shows_the_rows():
+    result = python("bench/throughput.py", "--configs", "classic,fastest")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert "fastest" in result.stderr and all(name in result.stderr for name in throughput.CONFIGS)
+
+    result = python("bench/throughput.py", "--steps", 3, "--n_layer", 0)
+    assert result.returncode == 2
+    assert [line.split()[1] for line in result.stderr.strip().splitlines()] == ["--steps", "--n_layer"]
+
+    result = python("bench/throughput.py", "--list")
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
+    assert list(lines) == list(throughput.CONFIGS)
+    assert " none " in lines["no-offload-80g"] and " 16 GiB " in lines["classic"]
