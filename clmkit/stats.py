@@ -28,15 +28,26 @@ def apply_gpu_memory_cap():
         print(f"notice: GPU memory capped at {float(cap):g} GiB (CLM_GPU_MEMORY_GIB)", flush=True)
 
 
-def launch_time() -> float:
-    """When the user's command started: the deepspeed launcher if it started us, else this process."""
+def run_root():
+    """The process the user started: the topmost `deepspeed` launcher above us (the runner starts
+    `python -m deepspeed.launcher.launch`, which starts this worker), else this process."""
     import psutil
 
-    me = psutil.Process()
-    parent = me.parent()
-    if parent is not None and any("deepspeed" in part for part in parent.cmdline()[:3]):
-        return parent.create_time()
-    return me.create_time()
+    root = psutil.Process()
+    parent = root.parent()
+    while parent is not None:
+        try:
+            if not any("deepspeed" in part for part in parent.cmdline()):
+                break
+        except psutil.Error:
+            break
+        root, parent = parent, parent.parent()
+    return root
+
+
+def launch_time() -> float:
+    """When the user's command started."""
+    return run_root().create_time()
 
 
 class HostMemorySampler:
@@ -45,10 +56,7 @@ class HostMemorySampler:
     def __init__(self, interval=0.5):
         import psutil
 
-        self.root = psutil.Process()
-        parent = self.root.parent()
-        if parent is not None and any("deepspeed" in part for part in parent.cmdline()[:3]):
-            self.root = parent
+        self.root = run_root()
         self.peak = 0
         self.interval = interval
         self._stop = threading.Event()
