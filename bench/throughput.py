@@ -64,6 +64,14 @@ CONFIGS = {
     "classic-bf16":   Config("ds_config.json", ("--bf16", *batch(8, 2))),
     "classic-acc8":   Config("ds_config.json", ("--fp16", *batch(8, 8))),
     "no-offload-80g": Config("bench/ds_zero2_no_offload.json", ("--fp16", *batch(8, 2)), gpu_memory_gib=None),
+    # Same 16 sequences a step in one micro-batch: one gradient offload a step instead of two, and no
+    # fp32 gradient accumulation buffer in host RAM. The chunked loss makes micro-batch 16 fit.
+    "mb16-chunked":   Config("ds_config.json", ("--fp16", "--chunked_loss", *batch(16, 1))),
+    "mb16-chunked-bigbuckets": Config("bench/ds_offload_big_buckets.json", ("--fp16", "--chunked_loss",
+                                                                            *batch(16, 1))),
+    # No DeepSpeed, nothing in host RAM: bf16 weights and an 8-bit AdamW (torchao) on the GPU.
+    "bf16-adam8bit":  Config(None, ("--bf16", "--dtype", "bfloat16", "--optim", "adamw_torch_8bit",
+                                    "--chunked_loss", *batch(8, 2))),
 }
 
 
