@@ -20,23 +20,30 @@ from .data import BUILDERS, builder_for, choose_block_size, context_length
 from .errors import UsageError
 
 FREE_DISK_OVERRIDE = "CLM_ASSUME_FREE_DISK_GIB"  # pretend the output disk has this much free space (tests)
+GPU_OVERRIDE = "CLM_ASSUME_GPU_GIB"  # with --plan, also: plan for a GPU on a machine without one (plan.py)
 GiB = 2**30
 
 
 def find_problems(model_args, data_args, training_args):
-    """(problems, config, tokenizer, block_size); the last three are None where their own checks failed."""
+    """(problems, config, tokenizer, block_size, plan); the last four are None where their own checks failed."""
     problems = flag_problems(model_args, data_args, training_args)
     for flag, path in (("--train_file", data_args.train_file), ("--validation_file", data_args.validation_file)):
         if path:
             problems += data_file_problems(flag, path, data_args.text_column)
     problems += output_dir_problems(training_args.output_dir)
-    problems += machine_precision_problems(training_args.fp16, training_args.bf16, training_args.use_cpu)
+    planning = getattr(training_args, "plan", False)
+    problems += machine_precision_problems(training_args.fp16, training_args.bf16, training_args.use_cpu,
+                                           assume_gpu=planning and bool(os.environ.get(GPU_OVERRIDE)))
     problems += deepspeed_problems(training_args)
     config, tokenizer = load_config_and_tokenizer(model_args, problems)
     block_size = attempt(problems, choose_block_size, data_args, config) if config is not None else None
+    plan = None
     if config is not None:
-        problems += disk_problems(config, model_args, training_args, block_size or context_length(config))
-    return problems, config, tokenizer, block_size
+        plan = attempt(problems, make_plan, config, tokenizer, model_args, training_args,
+                       block_size or context_length(config))
+        if plan is not None and training_args.do_train and not planning:
+            problems += plan.stop_problems()  # host RAM or disk clearly too small; --plan shows it as its verdict
+    return problems, config, tokenizer, block_size, plan
 
 
 def attempt(problems, function, *args, **kwargs):
@@ -66,12 +73,29 @@ def flag_problems(model_args, data_args, training_args):
     if data_args.train_file and not data_args.validation_file and not 0 <= pct < 100:
         problems.append(f"--validation_split_percentage {pct}: must be 0 to 99 (the share of --train_file held out "
                         "for evaluation); or give --validation_file")
+    problems += optimizer_package_problems(str(getattr(training_args.optim, "value", training_args.optim)))
     train, validation = data_args.train_file, data_args.validation_file
     if train and validation and builder_for(train) and builder_for(validation) \
             and builder_for(train) != builder_for(validation):
         problems.append(f"--train_file {train} and --validation_file {validation}: different formats; "
                         "give both as csv (texttocsv.py converts .txt) or both in the same format")
     return problems
+
+
+# Optimizers that live in optional packages: without this check a missing one fails after the model loads.
+OPTIMIZER_PACKAGES = {"adamw_torch_4bit": "torchao", "adamw_torch_8bit": "torchao", "adamw_bnb_8bit": "bitsandbytes",
+                      "adamw_8bit": "bitsandbytes", "paged_adamw_8bit": "bitsandbytes",
+                      "paged_adamw_32bit": "bitsandbytes", "lion_8bit": "bitsandbytes"}
+
+
+def optimizer_package_problems(optim):
+    import importlib.util
+
+    package = OPTIMIZER_PACKAGES.get(optim)
+    if package and importlib.util.find_spec(package) is None:
+        return [f"--optim {optim}: needs the {package} package, which is not installed; pip install {package}, "
+                "or use --optim adamw_torch"]
+    return []
 
 
 # ---------------------------------------------------------------- data files
@@ -222,7 +246,7 @@ def output_dir_problems(output_dir):
 
 
 def count_without_deepspeed(count_parameters, config, training_args):
-    """count_parameters, with Transformers' process-wide DeepSpeed config hidden: under ZeRO-3 it would build
+    """count_parameters (or plan.model_shape), with Transformers' process-wide DeepSpeed config hidden: under ZeRO-3 it would build
     even a meta-device model through deepspeed.zero.Init, which wants a distributed setup."""
     if not training_args.deepspeed:
         return count_parameters(config)
@@ -247,42 +271,28 @@ def free_disk_bytes(path):
     return shutil.disk_usage(nearest_existing(path)).free
 
 
-def disk_problems(config, model_args, training_args, block_size):
-    """Is there room for one checkpoint (or, without checkpoints, the final model) in --output_dir?"""
-    from .plan import count_parameters, deepspeed_settings, estimate_memory, gib
+def make_plan(config, tokenizer, model_args, training_args, block_size):
+    """The run's Plan (plan.py) from the model's shapes on the meta device, the flags and this machine; None where
+    the DeepSpeed config is unreadable (reported on its own)."""
+    from .plan import Plan, model_shape, probe_machine, setup_from_args
 
-    if not training_args.do_train:
-        return []
     try:
-        n_params = count_without_deepspeed(count_parameters, config, training_args)
+        ds_config = read_deepspeed_config(training_args.deepspeed)
+    except UsageError:
+        return None
+    if tokenizer is not None and len(tokenizer) > getattr(config, "vocab_size", len(tokenizer)):
+        config = copy.deepcopy(config)  # the model's embeddings will grow to the tokenizer (loading.py)
+        config.vocab_size = len(tokenizer)
+    try:
+        shape = count_without_deepspeed(model_shape, config, training_args)
     except ValueError as err:  # a config no causal LM class is registered for (e.g. --model_type bert)
         source = "--config_name" if model_args.config_name else \
             "--model_name_or_path" if model_args.model_name_or_path else "--model_type"
-        return [f"{source}: {getattr(config, 'model_type', '?')} is not a causal language model "
-                f"({str(err).splitlines()[0][:120]}); use a decoder such as gpt2"]
-    weights = 4 * n_params  # fp32 safetensors
-    if training_args.save_strategy == "no" or training_args.save_only_model:
-        needed, what = weights, "the model weights"
-    else:
-        try:
-            _, offload = deepspeed_settings(training_args.deepspeed)
-        except (OSError, ValueError):  # an unreadable config is reported on its own
-            offload = False
-        half = training_args.fp16 or training_args.bf16
-        needed = estimate_memory(n_params, config, training_args.per_device_train_batch_size, block_size, half,
-                                 training_args.gradient_checkpointing, offload)["checkpoint_disk"]
-        what = "one checkpoint (weights and optimizer state)"
-    try:
-        free = free_disk_bytes(training_args.output_dir)
-    except UsageError as err:
-        return err.problems
-    if free >= needed:
-        return []
-    fixes = "free some space or give an --output_dir on another disk"
-    if what.startswith("one checkpoint"):
-        fixes += f", or add --save_only_model (about {gib(weights)} a checkpoint, but no resuming from it)"
-    return [f"--output_dir {training_args.output_dir}: {what} needs about {gib(needed)} but only {gib(free)} "
-            f"is free there; {fixes}"]
+        raise UsageError(f"{source}: {getattr(config, 'model_type', '?')} is not a causal language model "
+                         f"({str(err).splitlines()[0][:120]}); use a decoder such as gpt2") from None
+    setup = setup_from_args(training_args, block_size, ds_config, model_args, config)
+    machine = probe_machine(training_args.output_dir, setup.ranks, every_gpu=getattr(training_args, "plan", False))
+    return Plan(shape, setup, machine, training_args.output_dir)
 
 
 # ---------------------------------------------------------------- precision
@@ -305,9 +315,12 @@ def precision_problems(fp16, bf16, use_cpu, cuda_available, bf16_supported):
     return []
 
 
-def machine_precision_problems(fp16, bf16, use_cpu):
+def machine_precision_problems(fp16, bf16, use_cpu, assume_gpu=False):
+    """assume_gpu: --plan with CLM_ASSUME_GPU_GIB plans for a (bf16-capable) GPU this machine may not have."""
     if not (fp16 or bf16):
         return []
+    if assume_gpu:
+        return precision_problems(fp16, bf16, use_cpu, True, True)
     import torch
 
     cuda = torch.cuda.is_available()

@@ -5,6 +5,7 @@ Each case runs the real run_clm.py. The cases start together (as many at a time 
 first one is asked for; each works in its own copy of the files below.
 """
 
+import importlib.util
 import concurrent.futures
 import hashlib
 import json
@@ -152,6 +153,9 @@ CASES = [
      [("--output_dir", "{w}/afile", "is a file, not a folder")], {}, []),
     ("unknown-flag", ["--lerning_rate", "1e-4"], [("unknown flag", "--lerning_rate")], {}, []),
     ("train-without-train-file", ["--train_file", ""], [("--do_train needs --train_file",)], {}, []),
+    ("optimizer-package-missing", ["--optim", "adamw_torch_8bit"],
+     [("--optim adamw_torch_8bit", "needs the torchao package")], {},
+     [pytest.mark.skipif(importlib.util.find_spec("torchao") is not None, reason="torchao is installed here")]),
 ]
 
 # Many problems in one command: every one of them reported by one run.
