@@ -23,7 +23,10 @@ from clmkit.stats import apply_gpu_memory_cap
 def main(argv=None):
     apply_gpu_memory_cap()  # before anything touches the GPU
     model_args, data_args, training_args = parse_arguments(argv)
-    config, tokenizer, block_size = check_inputs(model_args, data_args, training_args)
+    config, tokenizer, block_size, plan = check_inputs(model_args, data_args, training_args)
+    if training_args.plan:  # --plan: the whole plan, nothing loaded
+        print(plan.report(), flush=True)
+        return
     train_set, eval_set = load_data(data_args, model_args, training_args, tokenizer, block_size)
     model = load_model(model_args, config, tokenizer)
     trainer = build_trainer(model, tokenizer, training_args, block_size, train_set, eval_set)
@@ -47,15 +50,18 @@ def check_inputs(model_args, data_args, training_args):
     """Everything a user can get wrong, checked before the model is loaded; every problem reported at once.
 
     Data files, --output_dir and its free disk, the DeepSpeed config against the flags, --fp16/--bf16 against
-    this machine, the model config and tokenizer (not the weights), --block_size. Whether the text fills enough
-    blocks is known only once it is tokenized: load_data reports that, still before the model loads."""
+    this machine, the model config and tokenizer (not the weights), --block_size, and the memory plan (clmkit/plan.py:
+    host RAM or disk that clearly cannot hold the run stops it here). Whether the text fills enough blocks is known
+    only once it is tokenized: load_data reports that, still before the model loads."""
     from clmkit import checks
     from clmkit.errors import raise_if_any
 
-    problems, config, tokenizer, block_size = checks.find_problems(model_args, data_args, training_args)
-    raise_if_any(problems)
+    problems, config, tokenizer, block_size, plan = checks.find_problems(model_args, data_args, training_args)
+    raise_if_any(problems)  # includes host RAM or disk clearly too small for the plan
     resolve_warmup(training_args)
-    return config, tokenizer, block_size
+    if plan is not None and training_args.do_train and not training_args.plan and int(os.environ.get("RANK", 0)) == 0:
+        print(plan.summary(), flush=True)
+    return config, tokenizer, block_size, plan
 
 
 def resolve_warmup(training_args):
@@ -113,7 +119,7 @@ def print_plan(model, config, training_args, block_size, train_set, trainer):
     from clmkit.plan import describe_run
 
     if trainer.is_world_process_zero():
-        n_params = sum(p.numel() for p in model.parameters())
+        n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3 partitions them
         print(describe_run(n_params, config, training_args, block_size, training_args.world_size, len(train_set)),
               flush=True)
 

@@ -119,6 +119,13 @@ class ClmTrainingArguments(TrainingArguments):
         metadata={"help": "Compute the loss over the vocabulary in chunks so the full fp32 logits never exist: "
                           "saves several GB at micro-batch 8 on GPT-2 XL, room for a larger micro-batch."},
     )
+    plan: bool = field(
+        default=False,
+        metadata={"help": "Check the flags, print the memory plan (GPU, host RAM and disk needed against what this "
+                          "machine has, a verdict and the one change most likely to make it fit) and exit, without "
+                          "loading data or weights. CLM_ASSUME_GPU_GIB=16 plans for a 16 GiB GPU this machine "
+                          "lacks."},
+    )
     prediction_loss_only: bool = field(
         default=True,
         metadata={"help": "Evaluate the loss only; keeping GPT-2 XL's logits for every eval token would fill memory."},

@@ -246,8 +246,8 @@ def output_dir_problems(output_dir):
 
 
 def count_without_deepspeed(count_parameters, config, training_args):
-    """count_parameters (or plan.model_shape), with Transformers' process-wide DeepSpeed config hidden: under ZeRO-3 it would build
-    even a meta-device model through deepspeed.zero.Init, which wants a distributed setup."""
+    """count_parameters (or plan.model_shape), with Transformers' process-wide DeepSpeed config hidden: under ZeRO-3
+    it would build even a meta-device model through deepspeed.zero.Init, which wants a distributed setup."""
     if not training_args.deepspeed:
         return count_parameters(config)
     from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config

@@ -1,71 +1,703 @@
-"""What a run will cost: parameters, tokens per step, GPU and host memory, disk per checkpoint."""
+"""What a run needs, known before it starts: parameters, GPU memory, host RAM and disk against what this machine
+has, a verdict, and the one change most likely to make it fit.
 
-import json
+`run_clm.py --plan` prints the whole plan and exits without loading data or weights; every real run prints it in a
+few lines, and checks.py stops a run at once (exit 2) when host RAM or disk clearly cannot hold it. The model is
+built on the meta device: shapes only, no weights.
+
+Each figure is a peak in bytes. N is the parameter count, T = micro-batch x block size (tokens per GPU and forward
+pass), h the hidden size, L the layers, a the attention heads, s the block size, V the vocabulary. Each term says
+where its size comes from: the code that allocates it (DeepSpeed 0.19, PyTorch 2.13, Transformers 5), or a
+measurement. Calibration, GPT-2 XL (1.56B) on an H100 capped to 16 GiB, ZeRO-2 with the optimizer offloaded, fp16,
+gradient checkpointing, 8 x 1024 tokens x 2 accumulation (docs/gpu-runs.md): peak GPU allocated 8.95 GiB (this plan:
+8.91), peak host RSS of the worker 41.5-43.6 GiB (43.2, plus 0.48 for the launcher), a checkpoint 24 GB on disk,
+`du` rounding up (23.2 GiB); ZeRO-2 without offload on the whole card 35.5 GiB used (34.9).
+"""
+
+import dataclasses
+import os
+from dataclasses import dataclass
 
 GiB = 2**30
+HOST_RAM_OVERRIDE = "CLM_ASSUME_HOST_RAM_GIB"  # pretend this much host RAM is available (tests)
+GPU_OVERRIDE = "CLM_ASSUME_GPU_GIB"  # pretend each GPU has this much free memory, or that there is one (tests, --plan)
+GPU_CAP = "CLM_GPU_MEMORY_GIB"  # stats.apply_gpu_memory_cap: the run uses no more than this of each GPU
+
+# Resident memory of one worker before any model state: Python, torch, transformers, datasets and deepspeed
+# imported, the data tokenized, the Trainer built. Measured on the tiny test model (148K parameters: its states are
+# kilobytes), torch 2.13 CPU build: peak_host_rss_gib 0.523 of `python run_clm.py --use_cpu` (run_stats.json).
+WORKER_BASELINE = int(0.52 * GiB)
+# The deepspeed launcher: its runner (`deepspeed ...`) and the launch.py it starts, 0.24 GiB each (measured with
+# psutil during the tiny run; run_stats.json counts them since fcd12eb: 1.04 GiB for the tiny run under the launcher,
+# 0.51-0.52 without). The GPU calibration figures below predate that: the worker alone.
+LAUNCHER_BASELINE = int(0.48 * GiB)
+# What a CUDA worker adds: the CUDA build of torch, the CUDA context, cuBLAS and NCCL. Not measurable here; fitted
+# to the calibration run, whose worker peaked at 41.5-43.6 GiB against 36.2 GiB of itemised offload buffers, 2.9 GiB
+# of saving (the checkpoint at the last step) and the 0.52 GiB CPU baseline: 3.5 GiB puts the estimate at 43.2
+# (a bare `torch.tensor(0, device="cuda")` process is already about 2 GB resident, pytorch/pytorch#113326).
+CUDA_BASELINE = int(3.5 * GiB)
+# The peak allocated is what the estimate gives; PyTorch's caching allocator needs some room on top (fragmentation).
+GPU_MARGIN = 1.1
+# Host estimates within 10% over the available RAM are "tight" (the run goes ahead); beyond that the run stops.
+HOST_MARGIN = 1.1
+
+# Activations one transformer layer saves for its backward pass, per token: (c, k) means c x h + k x a x s elements
+# of the activation dtype. Measured with torch.autograd.graph.saved_tensors_hooks on small configs of each
+# architecture (h=256, a=4, blocks of 128 and 256 tokens, 2 and 4 layers, bf16, eager attention), solved for c and k.
+# GPT-2 keeps the most per h: its tanh-GELU in Python keeps four 4h tensors, dropout keeps 1-byte masks. GPT-Neo
+# computes attention in fp32. A model on PyTorch's scaled_dot_product_attention keeps no a x s scores on a GPU (the
+# flash and memory-efficient kernels keep only their output and log-sum-exp); on the CPU its math fallback keeps
+# twice the eager amount (measured for GPT-2: k = 6).
+LAYER_ACTIVATIONS = {"gpt2": (33, 3), "gpt_neo": (42, 1), "gptj": (28, 3)}
+OTHER_ACTIVATIONS = (42, 3)  # an architecture not measured: the largest of those
+# Outside the layers: the embedding output, the final norm and the LM head's input, about 3h per token (measured).
+EDGE_ACTIVATIONS = 3
+# The loss over T x V logits peaks in the backward pass of the cross-entropy: the fp32 log-probabilities it saved,
+# their gradient and the gradient of the fp32 logits, 3 x 4 bytes each (the 16-bit logits are freed by then).
+# Calibration: this term is 4.6 of the 8.95 GiB.
+LOSS_BYTES = 12
 
 
 def gib(n_bytes) -> str:
-    return f"{n_bytes / GiB:.1f} GiB" if n_bytes >= 0.1 * GiB else f"{n_bytes / 2**20:.0f} MiB"
+    if n_bytes >= 10 * GiB:
+        return f"{n_bytes / GiB:.1f} GiB"
+    return f"{n_bytes / GiB:.2f} GiB" if n_bytes >= 0.1 * GiB else f"{n_bytes / 2**20:.0f} MiB"
 
 
-def count_parameters(config) -> int:
-    """Parameter count of a causal LM built from `config`, without allocating its weights."""
+def pow2(n_bytes: int) -> int:
+    """PyTorch's pinned host allocator (CachingHostAllocator) rounds each allocation up to a power of two."""
+    return 1 << (int(n_bytes) - 1).bit_length() if n_bytes > 0 else 0
+
+
+# ---------------------------------------------------------------- the model, from its config alone
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    model_type: str
+    n_params: int  # distinct parameters (tied embeddings once)
+    largest_layer: int  # parameters of the largest single module: what ZeRO-3 gathers at once
+    largest_param: int  # elements of the largest parameter (the embedding, for these models)
+    sizes: tuple  # (elements, dimensions) of every distinct parameter
+    hidden: int
+    layers: int
+    heads: int
+    vocab: int
+    sdpa: bool  # attention through torch's scaled_dot_product_attention
+
+
+def _first(config, *names, default=0):
+    for name in names:
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return default
+
+
+def model_shape(config) -> ModelShape:
+    """The shapes of a causal LM built from `config`, without allocating its weights (meta device)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-    return sum(p.numel() for p in model.parameters())
+    params = list(model.parameters())  # shared (tied) parameters come once
+    largest_layer = max(sum(p.numel() for p in module.parameters(recurse=False)) for module in model.modules())
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return ModelShape(
+        model_type=config.model_type,
+        n_params=sum(p.numel() for p in params),
+        largest_layer=largest_layer,
+        largest_param=max(p.numel() for p in params),
+        sizes=tuple((p.numel(), p.dim()) for p in params),
+        hidden=_first(text, "hidden_size", "n_embd", "d_model"),
+        layers=_first(text, "num_hidden_layers", "n_layer", "num_layers"),
+        heads=_first(text, "num_attention_heads", "n_head", "num_heads", default=1),
+        vocab=_first(text, "vocab_size"),
+        sdpa=getattr(model.config, "_attn_implementation", None) == "sdpa",
+    )
 
 
-def deepspeed_settings(path):
-    """(zero stage, optimizer offloaded to CPU?) from a DeepSpeed config file, or (0, False) without one."""
-    if not path:
-        return 0, False
-    if isinstance(path, dict):
-        config = path
+def count_parameters(config) -> int:
+    """Parameter count of a causal LM built from `config`, without allocating its weights."""
+    return model_shape(config).n_params
+
+
+# ---------------------------------------------------------------- what the flags ask for
+
+
+@dataclass(frozen=True)
+class Setup:
+    micro_batch: int
+    accumulation: int
+    block_size: int
+    precision: str = "fp32"  # fp16, bf16 or fp32
+    checkpointing: bool = True
+    chunk_tokens: int = 0  # --chunked_loss: tokens per loss chunk (0: the whole micro-batch at once)
+    use_cpu: bool = False
+    deepspeed: str = ""  # the --deepspeed config; "" is plain PyTorch
+    stage: int = 0
+    offload_optimizer: bool = False
+    offload_param: bool = False
+    pin_memory: bool = False
+    reduce_bucket: int = 0  # elements; 0 is "auto" (h x h, as Transformers fills it)
+    overlap_comm: bool = False
+    prefetch_bucket: int = 0  # ZeRO-3; 0 is "auto" (0.9 h x h)
+    persistence_threshold: int = 0  # ZeRO-3; 0 is "auto" (10 h)
+    ranks: int = 1  # processes (GPUs) on this node
+    nodes: int = 1
+    launcher: bool = False  # started by a launcher, whose own process is counted too
+    checkpoints: bool = True  # checkpoints hold the optimizer state (not --save_only_model / --save_strategy no)
+    load_bytes: int = 4  # bytes a weight takes as loaded on the CPU (fp32 unless --dtype or the checkpoint says)
+
+    @property
+    def half(self):
+        return self.precision in ("fp16", "bf16")
+
+    @property
+    def engine(self):
+        if not self.deepspeed:
+            return "plain PyTorch (no DeepSpeed)"
+        where = {(True, True): " with parameters and optimizer in CPU RAM",
+                 (True, False): " with the optimizer in CPU RAM"}.get((self.offload_optimizer, self.offload_param), "")
+        return f"DeepSpeed ZeRO-{self.stage}{where}"
+
+
+def _local_ranks():
+    """(processes on this node, nodes, started by a launcher?) from the launcher's environment."""
+    world = int(os.environ.get("WORLD_SIZE") or 1)
+    local = int(os.environ.get("LOCAL_SIZE") or os.environ.get("LOCAL_WORLD_SIZE") or world)
+    return max(1, local), max(1, world // max(1, local)), "LOCAL_RANK" in os.environ
+
+
+def _int_or_auto(value):
+    return int(float(value)) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+
+
+def setup_from_args(training_args, block_size, ds_config=None, model_args=None, config=None) -> Setup:
+    """The Setup the flags and the DeepSpeed config (a dict, already read) describe."""
+    zero = (ds_config or {}).get("zero_optimization") or {}
+    optimizer = zero.get("offload_optimizer") or {}
+    params = zero.get("offload_param") or {}
+    ranks, nodes, launcher = _local_ranks()
+    save_strategy = getattr(training_args.save_strategy, "value", training_args.save_strategy)
+    stage = int(zero.get("stage", 0)) if training_args.deepspeed else 0
+    chunk = 0
+    if getattr(training_args, "chunked_loss", False):
+        from .loss import CHUNK_TOKENS
+
+        chunk = CHUNK_TOKENS
+    deepspeed = training_args.deepspeed
+    return Setup(
+        micro_batch=training_args.per_device_train_batch_size,
+        accumulation=training_args.gradient_accumulation_steps,
+        block_size=block_size,
+        precision="bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32",
+        checkpointing=bool(training_args.gradient_checkpointing),
+        chunk_tokens=chunk,
+        use_cpu=bool(training_args.use_cpu),
+        deepspeed=(deepspeed if isinstance(deepspeed, str) else "the --deepspeed config") if deepspeed else "",
+        stage=stage,
+        offload_optimizer=optimizer.get("device", "none") in ("cpu", "nvme"),
+        offload_param=params.get("device", "none") in ("cpu", "nvme"),
+        pin_memory=bool(optimizer.get("pin_memory", False)),
+        reduce_bucket=_int_or_auto(zero.get("reduce_bucket_size", 5e8)),
+        overlap_comm=bool(zero.get("overlap_comm", stage == 3)),
+        prefetch_bucket=_int_or_auto(zero.get("stage3_prefetch_bucket_size", zero.get("prefetch_bucket_size", 5e7))),
+        persistence_threshold=_int_or_auto(zero.get("stage3_param_persistence_threshold",
+                                                    zero.get("param_persistence_threshold", 1e5))),
+        ranks=ranks,
+        nodes=nodes,
+        launcher=launcher,
+        checkpoints=save_strategy != "no" and not training_args.save_only_model,
+        load_bytes=_load_bytes(model_args, config),
+    )
+
+
+def _load_bytes(model_args, config):
+    """--dtype, else for a pretrained model the dtype of its checkpoint, else fp32."""
+    dtype = getattr(model_args, "dtype", None)
+    if dtype in (None, "auto") and getattr(model_args, "model_name_or_path", None):
+        dtype = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32")
+    return 2 if dtype and ("float16" in str(dtype) or "bfloat16" in str(dtype)) else 4
+
+
+# ---------------------------------------------------------------- the estimate
+
+
+@dataclass
+class Needs:
+    gpu_states: int  # model states on each GPU (in host RAM with --use_cpu)
+    gpu_buffers: int  # DeepSpeed's GPU-side staging and communication buckets
+    kept: int  # activations kept through the forward pass
+    transient: int  # the largest extra at once in the backward pass: the loss, or one recomputed layer
+    loss: int
+    layer: int
+    host_baseline: int
+    host_optimizer: int  # the offloaded optimizer state (Adam's m and v)
+    host_pinned: int  # offload buffers (pinned, with "pin_memory": true on a GPU)
+    pinned_parts: dict
+    host_loading: int  # the model as built or loaded on the CPU, before it moves to the GPU
+    host_saving: int  # the weights copied to the CPU while model.safetensors is written
+    disk_checkpoint: int  # one checkpoint-<step> folder
+    disk_weights: int  # the final model
+    deepspeed_host: int = 0  # DeepSpeed's own cold estimate of the host model states (0: not used)
+    deepspeed_gpu: int = 0
+    on_gpu: bool = True  # False with --use_cpu: states and activations live in host RAM
+
+    @property
+    def activations(self):
+        return self.kept + self.transient
+
+    @property
+    def gpu(self):
+        return self.gpu_states + self.gpu_buffers + self.activations
+
+    @property
+    def host_training(self):
+        on_cpu = 0 if self.on_gpu else self.gpu
+        return self.host_optimizer + self.host_pinned + on_cpu + self.host_saving
+
+    @property
+    def host(self):
+        return self.host_baseline + max(self.host_loading, self.host_training)
+
+
+def deepspeed_estimate(shape, setup):
+    """(host, GPU) bytes of the model states by DeepSpeed's cold estimators: the non-printing functions behind
+    estimate_zero2_model_states_mem_needs_all_cold and estimate_zero3_model_states_mem_needs_all_cold."""
+    if setup.stage == 3:
+        from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+
+        host, gpu, _ = estimate_zero3_model_states_mem_needs(
+            total_params=shape.n_params, largest_layer_params=shape.largest_layer, num_gpus_per_node=setup.ranks,
+            num_nodes=setup.nodes, cpu_offload=setup.offload_optimizer, cpu_offload_params=setup.offload_param,
+            zero_init=True)  # Transformers builds the model inside deepspeed.zero.Init under ZeRO-3
     else:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    zero = config.get("zero_optimization", {})
-    offload = zero.get("offload_optimizer", {}).get("device", "none") in ("cpu", "nvme")
-    return int(zero.get("stage", 0)), offload
+        from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+        host, gpu = estimate_zero2_model_states_mem_needs(
+            total_params=shape.n_params, num_gpus_per_node=setup.ranks, num_nodes=setup.nodes,
+            cpu_offload=setup.offload_optimizer)
+    return int(host), int(gpu)
 
 
-def estimate_memory(n_params, config, micro_batch, block_size, half_precision, checkpointing, offload):
-    """Rough peak bytes on the GPU and in host RAM; the plan issue refines these against measurements."""
-    hidden = getattr(config, "n_embd", None) or getattr(config, "hidden_size", 1024)
-    layers = getattr(config, "n_layer", None) or getattr(config, "num_hidden_layers", 24)
-    heads = getattr(config, "n_head", None) or getattr(config, "num_attention_heads", 16)
-    vocab = getattr(config, "vocab_size", 50257)
-    weight_bytes = 2 if half_precision else 4
-    # Weights and gradients in the training dtype stay on the GPU; Adam's fp32 master, m and v
-    # (plus fp32 gradients) go to the host when the optimizer is offloaded.
-    optimizer_bytes = (12 if half_precision else 8) * n_params + (4 * n_params if half_precision else 0)
-    gpu_states = 2 * weight_bytes * n_params + (0 if offload else optimizer_bytes)
-    tokens = micro_batch * block_size
-    one_layer = tokens * hidden * 34 * weight_bytes / 2 + 5 * heads * block_size * tokens * weight_bytes / 2
-    kept = tokens * hidden * weight_bytes * layers if checkpointing else one_layer * layers
-    logits = tokens * vocab * (weight_bytes + 8)  # half logits, their fp32 copy for the loss, its gradient
-    gpu = gpu_states + kept + one_layer + logits
-    host = optimizer_bytes + 2 * weight_bytes * n_params if offload else 4 * n_params
-    # A checkpoint holds the weights in the training dtype plus fp32 master weights and Adam's m and v
-    # (measured: 24 GB for GPT-2 XL in fp16, about 15 bytes a parameter).
-    return {"gpu": gpu, "host": host, "checkpoint_disk": (weight_bytes + 12) * n_params}
+def zero2_offload_buffers(shape, setup, weight_bytes):
+    """Host buffers of ZeRO-1/2 optimizer offload (runtime/zero/stage_1_and_2.py), each rank holding its 1/ranks
+    partition of each of the Trainer's two parameter groups (with and without weight decay). With "pin_memory": true
+    on a GPU each is page-locked by tensor.pin_memory(), which rounds it up to a power of two: GPT-2 XL's 6.2 GB of
+    fp32 master weights take 8 GiB."""
+    rounded = pow2 if setup.pin_memory and not setup.use_cpu else int
+    decay = sum(n for n, dims in shape.sizes if dims >= 2)
+    groups = [g for g in (decay, shape.n_params - decay) if g]
+    parts = dict.fromkeys(("fp32 master weights", "fp32 gradients", "weights copy", "staging", "accumulation"), 0)
+    for group in groups:
+        partition = -(-group // setup.ranks)
+        parts["fp32 master weights"] += setup.ranks * rounded(4 * partition)  # single_partition_of_fp32_groups
+        parts["fp32 gradients"] += setup.ranks * rounded(4 * partition)  # its .grad (initialize_optimizer_states)
+        # param_buffer_of_bit16_for_cpu_offload_groups: the updated weights in the training dtype, on their way back
+        parts["weights copy"] += setup.ranks * rounded(weight_bytes * partition)
+    # temp_grad_buffer_for_cpu_offload: one largest parameter's gradient
+    parts["staging"] = setup.ranks * rounded(weight_bytes * shape.largest_param)
+    if setup.accumulation > 1:  # accumulated_grads_in_cpu: one buffer per parameter between micro-batches
+        parts["accumulation"] = sum(rounded(weight_bytes * n) for n, _ in shape.sizes)
+    return sum(parts.values()), parts
+
+
+def activation_bytes(shape, setup, act_bytes):
+    """(kept through the forward pass, largest transient of the backward, the loss's share, one layer's)."""
+    tokens = setup.micro_batch * setup.block_size
+    per_h, scores = LAYER_ACTIVATIONS.get(shape.model_type, OTHER_ACTIVATIONS)
+    if shape.sdpa:
+        scores = 2 * scores if setup.use_cpu else 0
+    layer = (per_h * shape.hidden + scores * shape.heads * setup.block_size) * tokens * act_bytes
+    edges = EDGE_ACTIVATIONS * shape.hidden * tokens * act_bytes
+    # --chunked_loss (clmkit/loss.py) recomputes the logits chunk by chunk in the backward pass
+    loss = LOSS_BYTES * min(tokens, setup.chunk_tokens or tokens) * shape.vocab
+    if setup.checkpointing:
+        # each layer's input is kept; in the backward one layer at a time is recomputed: its activations and
+        # their gradients (2 x layer), or the loss, whichever is larger, on top
+        return shape.layers * shape.hidden * tokens * act_bytes + edges, max(loss, 2 * layer), loss, layer
+    return shape.layers * layer + edges, loss, loss, layer
+
+
+def estimate(shape: ModelShape, setup: Setup) -> Needs:
+    n = shape.n_params
+    act_bytes = 2 if setup.half else 4
+    # DeepSpeed casts the model to fp16/bf16; plain PyTorch keeps fp32 weights and autocasts the compute
+    weight_bytes = act_bytes if setup.deepspeed else 4
+    deepspeed_host = deepspeed_gpu = 0
+    if setup.deepspeed:
+        deepspeed_host, deepspeed_gpu = deepspeed_estimate(shape, setup)
+        gpu_states = deepspeed_gpu
+        if setup.stage < 3 and weight_bytes == 4:  # the estimators assume 16-bit weights and gradients
+            gpu_states += 2 * n * (1 if setup.offload_optimizer else 2)
+        buffers = deepspeed_gpu_buffers(shape, setup, weight_bytes)
+    else:
+        # fp32 weights, gradients, Adam's m and v (16 bytes a parameter); under autocast a 16-bit copy of every
+        # weight, cached in the forward pass and kept for the backward
+        gpu_states, buffers = 16 * n + (2 * n if setup.half else 0), 0
+    kept, transient, loss, layer = activation_bytes(shape, setup, act_bytes)
+
+    worker = WORKER_BASELINE + (0 if setup.use_cpu else CUDA_BASELINE)
+    baseline = setup.ranks * worker + (LAUNCHER_BASELINE if setup.launcher else 0)
+    # DeepSpeedCPUAdam's exp_avg and exp_avg_sq: fp32, ordinary (pageable) memory, partitioned over the ranks
+    optimizer = 8 * n if setup.offload_optimizer else 0
+    pinned, parts = 0, {}
+    if setup.deepspeed and setup.stage == 3 and (setup.offload_optimizer or setup.offload_param):
+        # DeepSpeed's estimate (16-bit parameters, fp32 master weights, gradients and Adam state, x1.5 for buffers)
+        pinned = max(0, deepspeed_host - optimizer)
+        parts = {"parameters, fp32 master weights and gradients (DeepSpeed's estimate, x1.5 for buffers)": pinned}
+    elif setup.deepspeed and setup.offload_optimizer:
+        pinned, parts = zero2_offload_buffers(shape, setup, weight_bytes)
+    if setup.deepspeed and setup.stage == 3:
+        loading = setup.ranks * 4 * shape.largest_layer  # zero.Init partitions each module as it is built
+    else:  # every rank builds (or loads) the whole model on the CPU first; initialising a tensor copies it once
+        loading = setup.ranks * setup.load_bytes * (n + shape.largest_param)
+    # model.safetensors: safetensors copies every GPU tensor to the CPU and keeps them all until the file is
+    # written; ZeRO-3 gathers a 16-bit copy on the CPU first. On the CPU the weights are written where they are.
+    saving = weight_bytes * n if (not setup.use_cpu or setup.stage == 3) else 0
+
+    # A checkpoint: model.safetensors in the training dtype, DeepSpeed's module states (the weights again, except
+    # under ZeRO-3) and the fp32 master weights with Adam's m and v (12 bytes); plain PyTorch: fp32 weights and
+    # optimizer.pt (8 bytes). GPT-2 XL under ZeRO-2 in fp16: 16 bytes a parameter, 23.2 GiB (`du -sh`: 24G).
+    final = weight_bytes * n
+    if not setup.checkpoints:
+        checkpoint = final
+    elif setup.deepspeed:
+        checkpoint = (1 if setup.stage == 3 else 2) * weight_bytes * n + 12 * n
+    else:
+        checkpoint = 12 * n
+    return Needs(gpu_states=gpu_states, gpu_buffers=buffers, kept=kept, transient=transient, loss=loss, layer=layer,
+                 host_baseline=baseline, host_optimizer=optimizer, host_pinned=pinned, pinned_parts=parts,
+                 host_loading=loading, host_saving=saving, disk_checkpoint=checkpoint, disk_weights=final,
+                 deepspeed_host=deepspeed_host, deepspeed_gpu=deepspeed_gpu, on_gpu=not setup.use_cpu)
+
+
+def deepspeed_gpu_buffers(shape, setup, weight_bytes):
+    """GPU memory DeepSpeed holds beside the model states: gradient buckets (two with overlap_comm) and, with the
+    optimizer offloaded, a staging buffer of the largest parameter; ZeRO-3 also prefetches parameters and keeps the
+    small ones (under the persistence threshold) on the GPU."""
+    h2 = shape.hidden * shape.hidden
+    bucket = (setup.reduce_bucket or h2) * weight_bytes * (2 if setup.overlap_comm else 1)
+    if setup.stage == 3:
+        threshold = setup.persistence_threshold or 10 * shape.hidden
+        persistent = sum(n for n, _ in shape.sizes if n < threshold)
+        return bucket + ((setup.prefetch_bucket or int(0.9 * h2)) + persistent) * weight_bytes
+    return bucket + (shape.largest_param * weight_bytes if setup.offload_optimizer else 0)
+
+
+# ---------------------------------------------------------------- this machine
+
+
+@dataclass
+class Machine:
+    gpus: list  # (label, free bytes) of each GPU this run uses (--plan: each GPU there is)
+    gpu_note: str  # "" or why the figure is what it is
+    ram: int
+    ram_note: str
+    disk: int
+    disk_path: str
+    disk_note: str
+
+    @property
+    def gpu_free(self):
+        return min(free for _, free in self.gpus) if self.gpus else None
+
+
+def env_gib(name):
+    """An environment override in GiB, as bytes; None when unset."""
+    from .errors import UsageError
+
+    value = os.environ.get(name)
+    if not value:
+        return None
+    try:
+        return int(float(value) * GiB)
+    except ValueError:
+        raise UsageError(f"{name}={value}: not a number of GiB; unset it") from None
+
+
+def probe_machine(output_dir, ranks=1, every_gpu=False) -> Machine:
+    """What this machine has free: each GPU (torch.cuda.mem_get_info), RAM (psutil), disk at output_dir."""
+    import psutil
+
+    from .checks import FREE_DISK_OVERRIDE, free_disk_bytes, nearest_existing
+
+    assumed, cap = env_gib(GPU_OVERRIDE), env_gib(GPU_CAP)
+    gpus, gpu_note = [], ""
+    import torch
+
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        indices = range(torch.cuda.device_count()) if every_gpu else [local]
+        for index in indices:
+            free, total = torch.cuda.mem_get_info(index)
+            if cap is not None:
+                free = min(free, cap)
+            if assumed is not None:
+                free = assumed
+            gpus.append((f"GPU {index} ({torch.cuda.get_device_name(index)}, {gib(total)})", free))
+        gpu_note = f" ({GPU_OVERRIDE})" if assumed is not None else f" (capped by {GPU_CAP})" if cap else ""
+    elif assumed is not None:
+        gpus = [(f"GPU {index} (assumed)", assumed) for index in range(ranks)]
+        gpu_note = f" ({GPU_OVERRIDE})"
+    ram = env_gib(HOST_RAM_OVERRIDE)
+    ram_note = f" ({HOST_RAM_OVERRIDE})" if ram is not None else ""
+    if ram is None:
+        ram = psutil.virtual_memory().available
+    disk_note = f" ({FREE_DISK_OVERRIDE})" if os.environ.get(FREE_DISK_OVERRIDE) else ""
+    return Machine(gpus=gpus, gpu_note=gpu_note, ram=ram, ram_note=ram_note, disk=free_disk_bytes(output_dir),
+                   disk_path=nearest_existing(output_dir), disk_note=disk_note)
+
+
+# ---------------------------------------------------------------- the plan and its verdict
+
+
+FITS, TIGHT, OVER = "fits", "tight", "does not fit"
+
+
+class Plan:
+    def __init__(self, shape: ModelShape, setup: Setup, machine: Machine, output_dir: str):
+        self.shape, self.setup, self.machine, self.output_dir = shape, setup, machine, output_dir
+        self.needs = estimate(shape, setup)
+        self.status = self._status(self.needs, setup)
+
+    # -- verdicts
+
+    def _status(self, needs, setup):
+        """{resource: FITS, TIGHT or OVER}; GPU absent with --use_cpu or where no GPU is known."""
+        status = {}
+        free = self.machine.gpu_free
+        if not setup.use_cpu and free is not None:
+            status["GPU"] = FITS if needs.gpu * GPU_MARGIN <= free else TIGHT if needs.gpu <= free else OVER
+        ram = self.machine.ram
+        status["host RAM"] = FITS if needs.host <= ram else TIGHT if needs.host <= HOST_MARGIN * ram else OVER
+        status["disk"] = FITS if needs.disk_checkpoint <= self.machine.disk else OVER
+        return status
+
+    @property
+    def verdict(self):
+        values = self.status.values()
+        return OVER if OVER in values else TIGHT if TIGHT in values else FITS
+
+    def _alternatives(self):
+        """(what to change, the setup after it), in the order to try them: least disruptive first."""
+        s = self.setup
+        out = [("drop --no_gradient_checkpointing", dataclasses.replace(s, checkpointing=True))] \
+            if not s.checkpointing else []
+        out.append(("", s))
+        if not s.offload_optimizer and s.stage < 3:
+            out.append(("--deepspeed ds_config.json (ZeRO-2 with the optimizer in CPU RAM)",
+                        dataclasses.replace(s, deepspeed="ds_config.json", stage=2, offload_optimizer=True,
+                                            pin_memory=True, reduce_bucket=0, overlap_comm=True)))
+        if s.stage < 3:
+            out.append(("--deepspeed ds_config_zero3.json (ZeRO-3: parameters and optimizer in CPU RAM)",
+                        dataclasses.replace(s, deepspeed="ds_config_zero3.json", stage=3, offload_optimizer=True,
+                                            offload_param=True, pin_memory=True, reduce_bucket=0, overlap_comm=True,
+                                            prefetch_bucket=0, persistence_threshold=0)))
+        if s.deepspeed and s.offload_optimizer and s.pin_memory and s.stage < 3 and not s.use_cpu:
+            out.append((f'"pin_memory": false under "offload_optimizer" in {s.deepspeed} (no pinned buffers, which '
+                        "PyTorch rounds up to powers of two)", dataclasses.replace(s, pin_memory=False)))
+        if s.deepspeed and s.offload_optimizer and s.stage < 3:
+            out.append((f'no "offload_optimizer" in {s.deepspeed} (the optimizer state on the GPU)',
+                        dataclasses.replace(s, offload_optimizer=False, pin_memory=False)))
+        return out
+
+    def _fits_compute(self, setup):
+        status = self._status(estimate(self.shape, setup), setup)
+        return all(status.get(key, FITS) == FITS for key in ("GPU", "host RAM"))
+
+    def change(self):
+        """The one change most likely to make the GPU and host RAM fit (and disk, if that is short); '' if none is
+        needed."""
+        changes = []
+        if any(self.status.get(key, FITS) != FITS for key in ("GPU", "host RAM")):
+            changes.append(self._compute_change())
+        if self.status["disk"] != FITS:
+            changes.append(self.disk_change())
+        return "; and ".join(changes)
+
+    def _candidates(self):
+        """(what to change, the setup after it): each alternative at its own micro-batch, then at smaller ones with
+        more accumulation, so that the sequences per optimizer step stay the same."""
+        s = self.setup
+        for what, alternative in self._alternatives():
+            for micro in [m for m in range(s.micro_batch, 0, -1) if s.micro_batch % m == 0]:
+                if what == "" and micro == s.micro_batch:
+                    continue
+                candidate = dataclasses.replace(alternative, micro_batch=micro,
+                                                accumulation=s.accumulation * s.micro_batch // micro)
+                batch = "" if micro == s.micro_batch else (
+                    f"--per_device_train_batch_size {micro} --gradient_accumulation_steps {candidate.accumulation} "
+                    f"(the same {s.micro_batch * s.accumulation} sequences a step per GPU)")
+                yield ", plus ".join(part for part in (what, batch) if part), candidate
+
+    def _compute_change(self):
+        for what, candidate in self._candidates():
+            if self._fits_compute(candidate):
+                return what
+        needs = self.needs
+        if self.status.get("GPU", FITS) != FITS and self.status["host RAM"] == FITS:
+            return f"no single change fits this GPU: it needs about {gib(needs.gpu * GPU_MARGIN)} free"
+        # the least RAM any change needs with the GPU fitting, else as it is
+        ram, what = needs.host, ""
+        for change, alternative in self._candidates():
+            candidate = estimate(self.shape, alternative)
+            if self._status(candidate, alternative).get("GPU", FITS) == FITS and candidate.host < ram:
+                ram, what = candidate.host, change
+        gpu = f" and {gib(needs.gpu * GPU_MARGIN)} free on each GPU" if self.status.get("GPU", FITS) != FITS else ""
+        text = f"no single change fits this machine: it needs at least {gib(needs.host)} of RAM{gpu}"
+        return text + (f", or {gib(ram)} of RAM with {what}" if what else "")
+
+    def disk_change(self):
+        short = self.needs.disk_checkpoint - self.machine.disk
+        text = f"free {gib(short)} more or give an --output_dir on a bigger disk"
+        if self.setup.checkpoints:
+            text += (f", or add --save_only_model (about {gib(self.needs.disk_weights)} a checkpoint, but no "
+                     "resuming from it)")
+        return text
+
+    # -- what a real run refuses
+
+    def stop_problems(self):
+        """One line for each of host RAM and disk that clearly cannot hold the run (checks.py reports them)."""
+        problems = []
+        needs, machine = self.needs, self.machine
+        if self.status["host RAM"] == OVER:
+            problems.append(f"host RAM: the run needs about {gib(needs.host)} at its peak ({self._host_terms()}) "
+                            f"but {gib(machine.ram)} is available{machine.ram_note}; {self._compute_change()}")
+        if self.status["disk"] == OVER:
+            what = "one checkpoint (weights and optimizer state)" if self.setup.checkpoints else "the model weights"
+            problems.append(f"--output_dir {self.output_dir}: {what} needs about {gib(needs.disk_checkpoint)} but "
+                            f"only {gib(machine.disk)} is free on its disk{machine.disk_note}; {self.disk_change()}")
+        return problems
+
+    # -- text
+
+    def _host_terms(self):
+        n = self.needs
+        if n.host_loading >= n.host_training:
+            return f"loading {gib(n.host_loading)} + baseline {gib(n.host_baseline)}"
+        pinned = self.setup.pin_memory and not self.setup.use_cpu
+        terms = [("optimizer state", n.host_optimizer), ("pinned buffers" if pinned else "offload buffers",
+                                                         n.host_pinned),
+                 ("model states and activations", 0 if n.on_gpu else n.gpu), ("saving", n.host_saving),
+                 ("baseline", n.host_baseline)]
+        return " + ".join(f"{name} {gib(value)}" for name, value in terms if value)
+
+    def _params(self):
+        n = self.shape.n_params
+        return f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.2f}M"
+
+    def _gpu_line(self):
+        n = self.needs
+        if self.setup.use_cpu:
+            return "GPU not used (--use_cpu): model states and activations are in host RAM"
+        free = self.machine.gpu_free
+        against = f"{gib(free)} free{self.machine.gpu_note}: {self.status['GPU']}" if free is not None else \
+            f"no GPU here (set {GPU_OVERRIDE} to plan for one)"
+        return (f"GPU {gib(n.gpu)} peak per device (model states {gib(n.gpu_states)} + activations "
+                f"{gib(n.activations)} + buffers {gib(n.gpu_buffers)}) of {against}")
+
+    def summary(self) -> str:
+        """The lines every run prints before it loads the model."""
+        n, m, s = self.needs, self.machine, self.setup
+        lines = [
+            f"plan:        {self._params()} parameters, {s.precision}, {s.engine}, {s.micro_batch} x "
+            f"{s.block_size} tokens per micro-batch",
+            f"             {self._gpu_line()}",
+            f"             host RAM {gib(n.host)} peak ({self._host_terms()}) of {gib(m.ram)} available"
+            f"{m.ram_note}: {self.status['host RAM']}",
+            f"             disk {gib(n.disk_checkpoint)} per checkpoint, {gib(m.disk)} free at {m.disk_path}"
+            f"{m.disk_note}: {self.status['disk']}",
+        ]
+        change = self.change()
+        lines.append(f"verdict:     {self.verdict}" + (f"; change: {change}" if change else ""))
+        return "\n".join(lines)
+
+    def report(self) -> str:
+        """The whole plan, for --plan."""
+        n, m, s, shape = self.needs, self.machine, self.setup, self.shape
+        tokens = s.micro_batch * s.block_size
+        row = "  {:<22}{:>10}   {}".format
+        lines = [
+            f"plan for {shape.model_type}: {shape.n_params:,} parameters ({self._params()}), {s.precision}, "
+            f"{s.engine}" + (f" ({s.deepspeed})" if s.deepspeed else ""),
+            f"  {s.micro_batch} sequences x {s.block_size} tokens per micro-batch, {s.accumulation} accumulation, "
+            f"{s.ranks} GPU(s) x {s.nodes} node(s), gradient checkpointing {'on' if s.checkpointing else 'off'}"
+            + (f", loss in chunks of {s.chunk_tokens} tokens" if s.chunk_tokens else ""),
+            "GPU, per device" + (" (with --use_cpu: in host RAM)" if s.use_cpu else ""),
+            row("model states", gib(n.gpu_states), self._states_text()),
+            row("activations", gib(n.activations),
+                f"kept {gib(n.kept)} ({'each layer input' if s.checkpointing else 'every layer'}, {tokens:,} "
+                f"tokens) + loss over {min(tokens, s.chunk_tokens or tokens):,} x {shape.vocab:,} logits "
+                f"{gib(n.loss)}" + (f", or a recomputed layer {gib(2 * n.layer)}" if s.checkpointing else "")),
+            row("buffers", gib(n.gpu_buffers), "DeepSpeed's gradient buckets and offload staging"
+                if s.deepspeed else "none"),
+            row("peak", gib(n.gpu), f"allocated; allow {round((GPU_MARGIN - 1) * 100)}% more for fragmentation"),
+            "host RAM",
+            row("optimizer state", gib(n.host_optimizer),
+                "Adam's fp32 m and v, offloaded" if n.host_optimizer else "none offloaded (on the GPU)"),
+            row("pinned buffers" if s.pin_memory and not s.use_cpu else "offload buffers", gib(n.host_pinned),
+                ", ".join(f"{k} {gib(v)}" for k, v in n.pinned_parts.items() if v) or "none"),
+            row("loading", gib(n.host_loading), self._loading_text()),
+            row("saving", gib(n.host_saving), "the weights copied to the CPU to write model.safetensors"
+                if n.host_saving else "written from where they are"),
+            row("baseline", gib(n.host_baseline), f"Python, torch and libraries in {s.ranks} worker(s)"
+                + ("" if s.use_cpu else " with CUDA") + (" + the launcher" if s.launcher else "")),
+            row("peak", gib(n.host), "baseline + the larger of loading and "
+                + ("optimizer + buffers + saving" if n.on_gpu else "states, activations and buffers")),
+        ]
+        if n.deepspeed_host and s.offload_optimizer and s.stage < 3:
+            lines.append(row("", "", f"(DeepSpeed's cold estimate of the host model states: {gib(n.deepspeed_host)})"))
+        what = "weights, DeepSpeed's module states and optimizer state" if s.deepspeed else "weights and optimizer"
+        lines += [
+            "disk",
+            row("per checkpoint", gib(n.disk_checkpoint), what if s.checkpoints else "the weights only"),
+            row("final model", gib(n.disk_weights), f"model.safetensors in {s.precision if s.deepspeed else 'fp32'}"),
+            "this machine",
+        ]
+        for label, free in m.gpus:
+            lines.append(f"  {label}: {gib(free)} free{m.gpu_note}")
+        if not m.gpus:
+            lines.append("  no GPU")
+        lines += [f"  RAM: {gib(m.ram)} available{m.ram_note}", f"  disk: {gib(m.disk)} free at {m.disk_path}"
+                  f"{m.disk_note}"]
+        checks = ", ".join(f"{key} {value}" for key, value in self.status.items())
+        change = self.change()
+        lines.append(f"verdict: {self.verdict} ({checks})" + (f"\n  change: {change}" if change else ""))
+        return "\n".join(lines)
+
+    def _states_text(self):
+        s = self.setup
+        if not s.deepspeed:
+            return "fp32 weights, gradients and Adam state" + (", 16-bit weight copies" if s.half else "")
+        where = "16-bit weights" if s.half else "fp32 weights"
+        if s.stage == 3 and s.offload_param:
+            return "the largest layer gathered (DeepSpeed's ZeRO-3 estimate)"
+        if s.offload_optimizer:
+            return f"{where} (DeepSpeed's ZeRO-{s.stage} estimate); gradients go to CPU RAM as they are made"
+        return f"{where}, gradients, fp32 master weights and Adam state (DeepSpeed's ZeRO-{s.stage} estimate)"
+
+    def _loading_text(self):
+        s = self.setup
+        if s.deepspeed and s.stage == 3:
+            return "zero.Init partitions each layer as it is built"
+        dtype = "fp32" if s.load_bytes == 4 else "16-bit"
+        return f"the {dtype} model on the CPU before " + ("training" if s.use_cpu else "it moves to the GPU") + (
+            f", in each of {s.ranks} workers" if s.ranks > 1 else "")
 
 
 def describe_run(n_params, config, training_args, block_size, world_size, n_train_sequences):
-    """The lines printed before training starts."""
+    """The lines printed once the data is loaded and the model built (the plan came before them)."""
     micro = training_args.per_device_train_batch_size
     accumulation = training_args.gradient_accumulation_steps
     sequences_per_step = micro * accumulation * world_size
-    half = training_args.fp16 or training_args.bf16
     precision = "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32"
-    stage, offload = deepspeed_settings(training_args.deepspeed)
-    memory = estimate_memory(n_params, config, micro, block_size, half, training_args.gradient_checkpointing, offload)
-    engine = f"DeepSpeed ZeRO-{stage}" + (" with the optimizer in CPU RAM" if offload else "") \
-        if training_args.deepspeed else "plain PyTorch (no DeepSpeed)"
+    from .checks import read_deepspeed_config
+
+    engine = setup_from_args(training_args, block_size, read_deepspeed_config(training_args.deepspeed)).engine
     size = f"{n_params / 1e9:.2f}B" if n_params >= 1e8 else f"{n_params / 1e6:.2f}M"
     return "\n".join([
         f"model:       {size} parameters, {precision}, {engine}, "
@@ -74,7 +706,6 @@ def describe_run(n_params, config, training_args, block_size, world_size, n_trai
         f"{sequences_per_step} sequences = {sequences_per_step * block_size:,} tokens per optimizer step",
         f"data:        {n_train_sequences:,} training sequences of {block_size} tokens = "
         f"{max(1, n_train_sequences // sequences_per_step):,} steps per epoch",
-        f"memory:      about {gib(memory['gpu'])} GPU per device, {gib(memory['host'])} host RAM (estimate)",
-        f"checkpoints: {training_args.output_dir}/checkpoint-<step> every {training_args.save_steps} steps "
-        f"(about {gib(memory['checkpoint_disk'])} each); final model in {training_args.output_dir}",
+        f"checkpoints: {training_args.output_dir}/checkpoint-<step> every {training_args.save_steps} steps; "
+        f"final model in {training_args.output_dir}",
     ])
