@@ -7,7 +7,7 @@ from typing import Optional
 
 from transformers import HfArgumentParser, TrainingArguments
 
-from .errors import UsageError
+from .errors import UsageError, read_json_object
 
 
 @dataclass
@@ -182,7 +182,7 @@ def parse_args(argv=None):
     parser = HfArgumentParser((ModelArguments, DataArguments, ClmTrainingArguments))
     parser.error = _one_line_error  # argparse would print the whole usage (hundreds of flags) first
     if len(argv) == 1 and argv[0].endswith(".json"):
-        return _parse_json_file(parser, argv[0])
+        return _parse_json_file(argv[0])
     argv = translate_legacy_flags(argv)
     try:
         model_args, data_args, training_args, unknown = parser.parse_args_into_dataclasses(
@@ -201,16 +201,8 @@ def _one_line_error(message):
     raise UsageError(f"{message}; see `python run_clm.py --help`")
 
 
-def _parse_json_file(parser, path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            values = json.load(f)
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such arguments file") from None
-    except json.JSONDecodeError as err:
-        raise UsageError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}): {err.msg}") from None
-    if not isinstance(values, dict):
-        raise UsageError(f"{path}: expected a JSON object of flag names and values")
+def _parse_json_file(path):
+    values = read_json_object(path, "", "give one JSON object of flag names and values, or the flags themselves")
     argv = []
     for key, value in values.items():
         argv.append(f"--{key}")

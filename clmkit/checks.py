@@ -17,7 +17,7 @@ import sys
 import tempfile
 
 from .data import BUILDERS, builder_for, choose_block_size, context_length
-from .errors import UsageError
+from .errors import UsageError, read_json_object
 
 FREE_DISK_OVERRIDE = "CLM_ASSUME_FREE_DISK_GIB"  # pretend the output disk has this much free space (tests)
 GPU_OVERRIDE = "CLM_ASSUME_GPU_GIB"  # with --plan, also: plan for a GPU on a machine without one (plan.py)
@@ -336,19 +336,7 @@ def read_deepspeed_config(path):
         return None
     if isinstance(path, dict):
         return path
-    try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except FileNotFoundError:
-        raise UsageError(f"--deepspeed {path}: no such file; use the shipped ds_config.json") from None
-    except json.JSONDecodeError as err:
-        raise UsageError(f"--deepspeed {path}: not valid JSON (line {err.lineno}, column {err.colno}): "
-                         f"{err.msg}; fix it or start from the shipped ds_config.json") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UsageError(f"--deepspeed {path}: cannot read it ({err}); use the shipped ds_config.json") from None
-    if not isinstance(config, dict):
-        raise UsageError(f"--deepspeed {path}: expected a JSON object; start from the shipped ds_config.json")
-    return config
+    return read_json_object(path, "--deepspeed ", "start from the shipped ds_config.json")
 
 
 # Names Transformers gives TrainingArguments in its mismatch list -> the flags a user types.
