@@ -135,7 +135,7 @@ def test_tiny_model_plan_against_its_measured_peak(tmp_path, tiny_model, corpus)
     assert "verdict:     fits" in stdout
     with open(out / "run_stats.json") as f:
         measured = json.load(f)["peak_host_rss_gib"]
-    assert planned == pytest.approx(measured, rel=0.15), (planned, measured)
+    assert planned == pytest.approx(measured, rel=0.25), (planned, measured)
 
 
 def test_plan_against_the_gpu_measurements():
