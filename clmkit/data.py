@@ -60,12 +60,6 @@ def load_raw_texts(data_args, cache_dir=None):
 MAP_BATCH = 1000  # documents per batch when cutting blocks: each batch's remainder is dropped
 
 
-def tokenize_to_sequences(raw, column, tokenizer, block_size, data_args, training_args):
-    """Tokenize, then concatenate-and-cut into blocks, or pad each example to block_size."""
-    tokens = tokenize_texts(raw, column, tokenizer, data_args, training_args)
-    return make_sequences(tokens, tokenizer, block_size, data_args, training_args)
-
-
 def _map_options(data_args):
     return {
         "batched": True,
