@@ -23,7 +23,8 @@ def command(tiny_model, corpus, out, use_deepspeed):
     flags = ["--model_name_or_path", tiny_model, "--train_file", corpus / "train.txt", "--do_train",
              "--output_dir", out, "--block_size", 64, "--per_device_train_batch_size", 4,
              "--max_steps", STEPS, "--save_steps", SAVE_EVERY, "--logging_steps", 1, "--learning_rate", 1e-3,
-             "--seed", 3, "--use_cpu", "--report_to", "none"]
+             "--seed", 3, "--use_cpu", "--report_to", "none",
+             "--save_total_limit", 1]  # pruning must never remove the only complete checkpoint
     script = [os.path.join(REPO, "run_clm.py"), *map(str, flags)]
     if use_deepspeed:  # full precision: DeepSpeed's CPU Adam on fp32 master weights
         return [DEEPSPEED, "--num_gpus=1", f"--master_port={free_port()}", *script,
@@ -98,12 +99,14 @@ def test_sigkill_then_rerun_matches_uninterrupted(setup, hook, resumes_from, tin
     proc.wait()
     if hook.startswith("save:"):
         assert not (out / "checkpoint-12" / "trainer_state.json").exists()
+        assert (out / "checkpoint-6" / "trainer_state.json").is_file()  # not pruned for a half-written one
     log = run_to_end(cmd)
     if resumes_from:
         assert f"resuming from {out / resumes_from}" in log
     else:
         assert "resuming from" not in log
     assert_same_result(reference, out)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-18"]  # --save_total_limit 1
 
 
 def test_sigterm_checkpoints_and_exits_then_rerun_matches(setup, tiny_model, corpus, tmp_path):
