@@ -28,7 +28,7 @@ def main(argv=None):
         print(plan.report(), flush=True)
         return
     train_set, eval_set = load_data(data_args, model_args, training_args, tokenizer, block_size)
-    model = load_model(model_args, config, tokenizer)
+    model = load_model(model_args, config, tokenizer, training_args)
     trainer = build_trainer(model, tokenizer, training_args, block_size, train_set, eval_set)
     print_plan(model, config, training_args, block_size, train_set, trainer)
     if training_args.do_train:
@@ -85,10 +85,10 @@ def load_data(data_args, model_args, training_args, tokenizer, block_size):
     return split_sequences(sequences, data_args, block_size, tokens)  # too little text: its token count, a fix
 
 
-def load_model(model_args, config, tokenizer):
+def load_model(model_args, config, tokenizer, training_args):
     from clmkit.loading import load_model_for_training
 
-    return load_model_for_training(model_args, config, tokenizer)
+    return load_model_for_training(model_args, config, tokenizer, training_args)
 
 
 def build_trainer(model, tokenizer, training_args, block_size, train_set, eval_set):

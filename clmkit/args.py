@@ -52,8 +52,11 @@ class ModelArguments:
     )
     dtype: Optional[str] = field(
         default=None,
-        metadata={"help": "dtype the weights are loaded in; by default that of the checkpoint. "
-                          "Mixed precision training wants float32 here (the default for GPT-2).",
+        metadata={"help": "dtype the weights are loaded in. Default: under DeepSpeed with --fp16/--bf16, that half "
+                          "precision (DeepSpeed keeps its own fp32 master copy); otherwise the checkpoint's own "
+                          "(float32 for GPT-2), which the Trainer's mixed precision needs. bfloat16 without "
+                          "DeepSpeed trains pure bf16 weights (pair it with --optim adamw_torch_8bit "
+                          "--optim_args bf16_stochastic_round=True).",
                   "choices": ["auto", "bfloat16", "float16", "float32"]},
     )
 

@@ -113,9 +113,24 @@ def hub_options(model_args) -> dict:
     }
 
 
-def load_model_for_training(model_args, config, tokenizer):
+def training_dtype(model_args, training_args):
+    """The dtype to load weights in: --dtype when given; else, under DeepSpeed with --fp16/--bf16, that half
+    precision. DeepSpeed casts the model to it anyway and builds its fp32 master weights from the cast copy, so
+    loading straight into it is the same numbers with half the reading and host memory. Without DeepSpeed the
+    Trainer's autocast needs fp32 weights: the checkpoint's own dtype then."""
+    if model_args.dtype:
+        return DTYPES.get(model_args.dtype, model_args.dtype)
+    if training_args is not None and training_args.deepspeed:
+        if training_args.fp16:
+            return torch.float16
+        if training_args.bf16:
+            return torch.bfloat16
+    return None
+
+
+def load_model_for_training(model_args, config, tokenizer, training_args=None):
     """Pretrained weights when a model is named, else a randomly initialised model of `config`."""
-    dtype = DTYPES.get(model_args.dtype, model_args.dtype)
+    dtype = training_dtype(model_args, training_args)
     if model_args.model_name_or_path:
         try:
             model = AutoModelForCausalLM.from_pretrained(
