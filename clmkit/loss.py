@@ -13,7 +13,9 @@ CHUNK_TOKENS = 2048
 
 
 def _chunk_loss_sum(hidden, labels, output_embeddings):
-    logits = output_embeddings(hidden).float()
+    # In the backward's recompute the autocast state may differ from the forward's (CPU autocast is not always
+    # restored there): match the weight's dtype explicitly, so fp32 hidden states meet bf16 weights either way.
+    logits = output_embeddings(hidden.to(output_embeddings.weight.dtype)).float()
     return F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
 
 
