@@ -56,22 +56,38 @@ def batch(micro, accumulation):
 
 
 CLASSIC = "classic"
-# The classic recipe is the shipped ds_config.json (ZeRO-2, optimizer offloaded to CPU) with --fp16, micro-batch 8
-# x accumulation 2; gradient checkpointing is run_clm.py's default. Add a row with one line here.
+# The classic recipe, frozen: the original guide's ds_config (bench/ds_classic.json: ZeRO-2, optimizer offloaded to
+# CPU) with --fp16, micro-batch 8 x accumulation 2, weights loaded in fp32 and cast by DeepSpeed; gradient
+# checkpointing is run_clm.py's default. "shipped" is today's ds_config.json with the same flags. Add a row with
+# one line here.
+EXPANDABLE = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+BF16_8BIT = ("--bf16", "--dtype", "bfloat16", "--optim", "adamw_torch_8bit", "--chunked_loss")
+BF16_8BIT_SR = (*BF16_8BIT, "--optim_args", "bf16_stochastic_round=True")
 CONFIGS = {
     # name:           Config(DeepSpeed config, run_clm.py flags, env vars, GPU cap)
-    CLASSIC:          Config("ds_config.json", ("--fp16", *batch(8, 2))),
+    CLASSIC:          Config("bench/ds_classic.json", ("--fp16", "--dtype", "float32", *batch(8, 2))),
+    "shipped":        Config("ds_config.json", ("--fp16", *batch(8, 2))),
     "classic-bf16":   Config("ds_config.json", ("--bf16", *batch(8, 2))),
     "classic-acc8":   Config("ds_config.json", ("--fp16", *batch(8, 8))),
     "no-offload-80g": Config("bench/ds_zero2_no_offload.json", ("--fp16", *batch(8, 2)), gpu_memory_gib=None),
+    # ZeRO stage 1 on one GPU: gradients stay on the GPU until the step, moved to CPU once per step instead of
+    # being moved and summed in host memory after every micro-batch (and no host fp32 accumulation buffer).
+    "stage1":         Config("bench/ds_stage1_offload.json", ("--fp16", *batch(8, 2))),
+    "stage1-expandable": Config("bench/ds_stage1_offload.json", ("--fp16", *batch(8, 2)), env=EXPANDABLE),
+    # ZenFlow: important gradient columns updated on the GPU every step, the rest by CPU Adam every few
+    # steps, overlapped with the next steps' compute. Changes the update rule: needs the parity run.
+    "zenflow":        Config("bench/ds_zenflow.json", ("--fp16", *batch(8, 2))),
     # Same 16 sequences a step in one micro-batch: one gradient offload a step instead of two, and no
     # fp32 gradient accumulation buffer in host RAM. The chunked loss makes micro-batch 16 fit.
     "mb16-chunked":   Config("ds_config.json", ("--fp16", "--chunked_loss", *batch(16, 1))),
     "mb16-chunked-bigbuckets": Config("bench/ds_offload_big_buckets.json", ("--fp16", "--chunked_loss",
                                                                             *batch(16, 1))),
-    # No DeepSpeed, nothing in host RAM: bf16 weights and an 8-bit AdamW (torchao) on the GPU.
-    "bf16-adam8bit":  Config(None, ("--bf16", "--dtype", "bfloat16", "--optim", "adamw_torch_8bit",
-                                    "--chunked_loss", *batch(8, 2))),
+    # No DeepSpeed, nothing in host RAM: bf16 weights and an 8-bit AdamW (torchao) on the GPU; stochastic
+    # rounding so that updates smaller than a bf16 step are not lost on average.
+    "bf16-adam8bit":  Config(None, (*BF16_8BIT, *batch(8, 2))),
+    "bf16-adam8bit-sr": Config(None, (*BF16_8BIT_SR, *batch(8, 2)), env=EXPANDABLE),
+    "bf16-adam8bit-sr-mb16": Config(None, (*BF16_8BIT_SR, *batch(16, 1)), env=EXPANDABLE),
+    "bf16-adam8bit-sr-compile": Config(None, (*BF16_8BIT_SR, "--torch_compile", *batch(8, 2)), env=EXPANDABLE),
 }
 
 
@@ -201,21 +217,25 @@ def prepare_data(args):
         raise UsageError(f"texttocsv.py could not make the data: {last_lines(result.stderr)}")
 
 
-def prepare_tokenizer(args, log_dir):
-    """The tokenizer folder every row uses: the tiny model's own, or a GPT-2-style BPE made once and reused."""
+def prepare_model(args, log_dir):
+    """The model folder every row loads: the tiny model, or a GPT-2 XL-shaped one with random weights (and a
+    GPT-2-style BPE tokenizer) saved once with save_pretrained and reused. Rows load it with --model_name_or_path
+    as a user loads gpt2-xl, so that their time to the first step is a user's, not a random initialisation's."""
     if args.tiny:
         return args.tiny
-    folder = os.path.join(args.work_dir, "tokenizer")
-    if os.path.isfile(os.path.join(folder, "tokenizer.json")):
+    folder = os.path.join(args.work_dir, f"gpt2-xl-shapes-{args.n_layer}-layers")
+    if os.path.isfile(os.path.join(folder, "config.json")):
         return folder
-    print(f"benchmark: making the tokenizer in {folder} (once; later runs reuse it)", flush=True)
+    print(f"benchmark: saving a random GPT-2 XL-shaped model in {folder} (once; later runs reuse it)", flush=True)
     command = [sys.executable, os.path.join(REPO, "tools", "make_offline_model.py"), "--text",
-               os.path.join(REPO, "train.txt"), "--out", folder, "--vocab_size", "8000"]
+               os.path.join(REPO, "train.txt"), "--out", folder, "--vocab_size", "8000",
+               "--model", XL_SHAPES.format(n_layer=args.n_layer), "--device", "cpu" if args.use_cpu else "cuda"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-    with open(os.path.join(log_dir, "tokenizer.log"), "w", encoding="utf-8") as log:
+    with open(os.path.join(log_dir, "model.log"), "w", encoding="utf-8") as log:
         log.write(result.stdout + result.stderr)
     if result.returncode != 0:
-        raise UsageError(f"tools/make_offline_model.py could not make the tokenizer: {last_lines(result.stderr)}")
+        shutil.rmtree(folder, ignore_errors=True)  # half a model would be reused next time
+        raise UsageError(f"tools/make_offline_model.py could not make the model: {last_lines(result.stderr)}")
     return folder
 
 
@@ -310,14 +330,9 @@ def free_port():
         return s.getsockname()[1]
 
 
-def common_flags(args, tokenizer_source, cache_dir):
+def common_flags(args, model_dir, cache_dir):
     """run_clm.py flags every row gets, before its own."""
-    if args.tiny:
-        model = ["--model_name_or_path", args.tiny]
-    else:
-        model = ["--model_type", "gpt2", "--tokenizer_name", tokenizer_source,
-                 "--config_overrides", XL_SHAPES.format(n_layer=args.n_layer)]
-    flags = [*model, "--train_file", args.train_file, "--validation_file", args.validation_file, "--do_train",
+    flags = ["--model_name_or_path", model_dir, "--train_file", args.train_file, "--validation_file", args.validation_file, "--do_train",
              "--max_steps", str(args.steps), "--save_strategy", "no", "--logging_steps", "5", "--report_to", "none",
              "--block_size", str(args.block_size), "--cache_dir", cache_dir]
     return flags + (["--use_cpu"] if args.use_cpu else [])
@@ -652,9 +667,9 @@ def main(argv=None):
           f"logs in {log_dir}", flush=True)
 
     prepare_data(args)
-    tokenizer_source = prepare_tokenizer(args, log_dir)
-    prepare_runs(args, names, tokenizer_source, cache_dir, log_dir)
-    common = common_flags(args, tokenizer_source, cache_dir)
+    model_dir = prepare_model(args, log_dir)
+    prepare_runs(args, names, model_dir, cache_dir, log_dir)
+    common = common_flags(args, model_dir, cache_dir)
 
     rows, text = [], ""
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)
