@@ -50,6 +50,12 @@ class ModelArguments:
         default=False,
         metadata={"help": "Allow model code from the hub to run on this machine. Only for repositories you trust."},
     )
+    fused_gelu: bool = field(
+        default=True,
+        metadata={"help": "Build a model whose config says gelu_new (GPT-2, GPT-Neo, GPT-J) with PyTorch's one-kernel "
+                          "tanh GELU: the same function, faster; the saved config still says gelu_new. "
+                          "--no_fused_gelu keeps the original seven-operation version."},
+    )
     dtype: Optional[str] = field(
         default=None,
         metadata={"help": "dtype the weights are loaded in. Default: under DeepSpeed with --fp16/--bf16, that half "
