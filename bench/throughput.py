@@ -49,6 +49,8 @@ class Config(NamedTuple):
     flags: tuple = ()  # run_clm.py flags, placed after the common ones so that they win
     env: Optional[dict] = None  # extra environment variables; a value of None unsets that variable
     gpu_memory_gib: Union[str, float, None] = CAP  # CAP: --gpu_memory_gib; None: uncapped; a number: that cap
+    gpus: Optional[int] = None  # GPUs for this row; None: --num_gpus
+    scales: Optional[str] = None  # the one-GPU row this multi-GPU row's tokens/s per GPU is compared with
 
 
 def batch(micro, accumulation):
@@ -57,15 +59,16 @@ def batch(micro, accumulation):
 
 CLASSIC = "classic"
 # The classic recipe, frozen: the original guide's ds_config (bench/ds_classic.json: ZeRO-2, optimizer offloaded to
-# CPU) with --fp16, micro-batch 8 x accumulation 2, weights loaded in fp32 and cast by DeepSpeed; gradient
-# checkpointing is run_clm.py's default. "shipped" is today's ds_config.json with the same flags. Add a row with
+# CPU) with --fp16, micro-batch 8 x accumulation 2, weights loaded in fp32 and cast by DeepSpeed, GPT-2's own GELU,
+# PyTorch's default CUDA allocator; gradient checkpointing is run_clm.py's default. "shipped" is today's ds_config.json with the same flags. Add a row with
 # one line here.
 EXPANDABLE = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
 BF16_8BIT = ("--bf16", "--dtype", "bfloat16", "--optim", "adamw_torch_8bit", "--chunked_loss")
 BF16_8BIT_SR = (*BF16_8BIT, "--optim_args", "bf16_stochastic_round=True")
 CONFIGS = {
     # name:           Config(DeepSpeed config, run_clm.py flags, env vars, GPU cap)
-    CLASSIC:          Config("bench/ds_classic.json", ("--fp16", "--dtype", "float32", *batch(8, 2))),
+    CLASSIC:          Config("bench/ds_classic.json", ("--fp16", "--dtype", "float32", "--no_fused_gelu", *batch(8, 2)),
+                             env={"PYTORCH_CUDA_ALLOC_CONF": ""}),  # PyTorch's default allocator
     "shipped":        Config("ds_config.json", ("--fp16", *batch(8, 2))),
     "classic-bf16":   Config("ds_config.json", ("--bf16", *batch(8, 2))),
     "classic-acc8":   Config("ds_config.json", ("--fp16", *batch(8, 8))),
@@ -88,6 +91,11 @@ CONFIGS = {
     "bf16-adam8bit-sr": Config(None, (*BF16_8BIT_SR, *batch(8, 2)), env=EXPANDABLE),
     "bf16-adam8bit-sr-mb16": Config(None, (*BF16_8BIT_SR, *batch(16, 1)), env=EXPANDABLE),
     "bf16-adam8bit-sr-compile": Config(None, (*BF16_8BIT_SR, "--torch_compile", *batch(8, 2)), env=EXPANDABLE),
+    # The same per-GPU micro-batch and accumulation on more GPUs: the global batch grows with them.
+    "shipped-2gpu":   Config("ds_config.json", ("--fp16", *batch(8, 2)), gpus=2, scales="shipped"),
+    "shipped-4gpu":   Config("ds_config.json", ("--fp16", *batch(8, 2)), gpus=4, scales="shipped"),
+    "bf16-adam8bit-sr-2gpu": Config(None, (*BF16_8BIT_SR, *batch(8, 2)), env=EXPANDABLE, gpus=2,
+                                    scales="bf16-adam8bit-sr"),
 }
 
 
@@ -338,6 +346,10 @@ def common_flags(args, model_dir, cache_dir):
     return flags + (["--use_cpu"] if args.use_cpu else [])
 
 
+def row_gpus(config, args):
+    return config.gpus or args.num_gpus
+
+
 def row_cap(config, args):
     return args.gpu_memory_gib if config.gpu_memory_gib == CAP else config.gpu_memory_gib
 
@@ -368,7 +380,7 @@ def row_command(config, args, common, out_dir):
     flags = list(config.flags)
     if args.use_cpu:
         flags = ["--bf16" if flag == "--fp16" else flag for flag in flags]  # no fp16 on a CPU
-    command = [deepspeed_launcher(), f"--num_gpus={args.num_gpus}", f"--master_port={free_port()}", RUN_CLM,
+    command = [deepspeed_launcher(), f"--num_gpus={row_gpus(config, args)}", f"--master_port={free_port()}", RUN_CLM,
                *common, "--output_dir", out_dir]
     if config.ds_config:
         command += ["--deepspeed", os.path.join(REPO, config.ds_config)]
@@ -382,7 +394,8 @@ def run_row(name, config, args, common, log_dir):
     command = row_command(config, args, common, out_dir)
     log_path = os.path.join(log_dir, f"{name}.log")
     cap = row_cap(config, args)
-    row = {"name": name, "status": "failed", "error": None, "gpu_memory_gib": cap, "ds_config": config.ds_config,
+    row = {"name": name, "status": "failed", "error": None, "gpu_memory_gib": cap, "gpus": row_gpus(config, args),
+           "scales": config.scales, "ds_config": config.ds_config,
            "flags": list(config.flags), "env": config.env or {}, "log": log_path, "command": shlex.join(command)}
     outcome = execute(command, row_env(config, args), log_path, os.path.join(out_dir, "run_stats.json"),
                       args.timeout, stop_at_stats=not args.let_runs_finish)
@@ -570,8 +583,9 @@ def versions():
 
 def make_header(args, rows, started):
     gpu = next((row["run_stats"]["gpu"] for row in rows if (row.get("run_stats") or {}).get("gpu")), None)
-    if gpu and args.num_gpus > 1:
-        gpu = f"{args.num_gpus} x {gpu}"
+    most = max([row.get("gpus", 1) for row in rows] + [args.num_gpus])
+    if gpu and most > 1:
+        gpu = f"up to {most} x {gpu} (column \"GPUs\")"
     return {
         "gpu": gpu or ("none (CPU)" if args.use_cpu else "unknown (no row finished)"),
         "gpu_memory_gib": args.gpu_memory_gib,
@@ -595,8 +609,9 @@ def header_line(header):
             f"{header['warmup_steps_not_timed']} step times not counted · {header['date']} · {versions_text}")
 
 
-COLUMNS = ["configuration", "cap GiB", "tokens/s", "s/step", "seqs/step", "GPU alloc GiB", "GPU reserved GiB",
-           "host RAM GiB", "launch to step 1 (s)", "vs classic"]
+COLUMNS = ["configuration", "GPUs", "cap GiB", "tokens/s", "tokens/s per GPU", "s/step", "seqs/step",
+           "GPU alloc GiB", "GPU reserved GiB", "host RAM GiB", "launch to step 1 (s)", "vs classic",
+           "per GPU vs 1 GPU"]
 
 
 def number(value, digits=1):
@@ -609,20 +624,22 @@ def number(value, digits=1):
 
 def table_cells(row):
     cap = "none" if row["gpu_memory_gib"] is None else f"{row['gpu_memory_gib']:g}"
+    gpus = str(row.get("gpus", 1))
     if row["status"] != "ok":
-        return [row["name"], cap, f"failed: {row['error']}"] + ["—"] * (len(COLUMNS) - 3)
-    return [row["name"], cap, number(row["tokens_per_s"], 0 if row["tokens_per_s"] >= 100 else 1),
-            f"{row['s_per_step']:.3g}", str(row["sequences_per_step"]), number(row["peak_gpu_allocated_gib"]),
+        return [row["name"], gpus, cap, f"failed: {row['error']}"] + ["—"] * (len(COLUMNS) - 4)
+    per_gpu = row["tokens_per_s"] / row.get("gpus", 1)
+    return [row["name"], gpus, cap, number(row["tokens_per_s"], 0 if row["tokens_per_s"] >= 100 else 1),
+            number(per_gpu, 0 if per_gpu >= 100 else 1), f"{row['s_per_step']:.3g}", str(row["sequences_per_step"]), number(row["peak_gpu_allocated_gib"]),
             number(row["peak_gpu_reserved_gib"]), number(row["peak_host_rss_gib"]),
             number(row["time_to_first_step_s"], 0 if (row["time_to_first_step_s"] or 0) >= 10 else 1),
-            number(row.get("ratio_to_classic"), 2)]
+            number(row.get("ratio_to_classic"), 2), number(row.get("scaling_efficiency"), 2)]
 
 
 def markdown(header, rows, complete):
     lines = ["# Throughput beside the classic recipe", "", header_line(header), ""]
     if not complete:
         lines += ["(incomplete: the benchmark was stopped before every row ran)", ""]
-    lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(COLUMNS) - 2)) + "|"]
+    lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join(["---"] + ["---:"] * (len(COLUMNS) - 1)) + "|"]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in table_cells(row)) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
@@ -632,6 +649,10 @@ def add_ratios(rows):
     for row in rows:
         row["ratio_to_classic"] = row["tokens_per_s"] / classic["tokens_per_s"] \
             if classic and row["status"] == "ok" else None
+        # tokens/s per GPU against the same configuration on one GPU, measured in the same invocation
+        base = next((r for r in rows if r["name"] == row.get("scales") and r["status"] == "ok"), None)
+        row["scaling_efficiency"] = (row["tokens_per_s"] / row["gpus"]) / base["tokens_per_s"] \
+            if base and row["status"] == "ok" else None
 
 
 def write_results(prefix, header, rows, complete):

@@ -51,8 +51,8 @@ def test_table_of_real_runs_survives_a_failing_row(tiny_model, corpus, tmp_path,
     assert "GPU: none (CPU)" in markdown and "deepspeed " in markdown
     table = [line for line in markdown.splitlines() if line.startswith("| ")]
     assert len(table) == 1 + 3  # the column names, then one line per row
-    assert table[1].startswith("| classic | 16 | ") and table[1].endswith(" | 1.00 |")
-    assert "| broken | 16 | failed: unknown flag(s): --no_such_flag" in markdown
+    assert table[1].startswith("| classic | 1 | 16 | ") and table[1].endswith(" | 1.00 | — |")
+    assert "| broken | 1 | 16 | failed: unknown flag(s): --no_such_flag" in markdown
 
     for name in rows:
         assert (logs / f"{name}.log").is_file()
@@ -90,21 +90,30 @@ def test_failure_reason_finds_the_meaningful_line():
 
 def test_rows_are_what_the_issue_asks_for():
     configs = throughput.CONFIGS
-    assert list(configs)[:4] == ["classic", "classic-bf16", "classic-acc8", "no-offload-80g"]
-    assert configs["classic"] == throughput.Config(
-        "ds_config.json", ("--fp16", "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "2"))
+    assert list(configs)[:2] == ["classic", "shipped"]
+    # classic is the original recipe, frozen: ZeRO-2, optimizer offloaded, fp16, 8 x 2, weights loaded in fp32
+    assert configs["classic"] == throughput.Config("bench/ds_classic.json", (
+        "--fp16", "--dtype", "float32", "--no_fused_gelu", "--per_device_train_batch_size", "8",
+        "--gradient_accumulation_steps", "2"), env={"PYTORCH_CUDA_ALLOC_CONF": ""})
+    with open(os.path.join(REPO, "bench", "ds_classic.json")) as f:
+        classic = json.load(f)
+    assert classic["zero_optimization"]["stage"] == 2
+    assert classic["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    # shipped: today's ds_config.json with the classic command's flags
+    assert configs["shipped"] == throughput.Config("ds_config.json", configs["classic"].flags[:1]
+                                                   + configs["classic"].flags[4:])
     assert configs["no-offload-80g"].gpu_memory_gib is None
     for name, config in configs.items():
         if config.ds_config:
             with open(os.path.join(REPO, config.ds_config)) as f:
                 json.load(f)
-    # The no-offload config is the shipped one, "auto" values and all, without the optimizer offload.
-    with open(os.path.join(REPO, "ds_config.json")) as f:
-        shipped = json.load(f)
+        if config.scales:  # a multi-GPU row is compared with the same configuration on one GPU
+            assert config.gpus > 1 and configs[config.scales].flags == config.flags
+    # The no-offload config is the classic one, "auto" values and all, without the optimizer offload.
     with open(os.path.join(REPO, "bench", "ds_zero2_no_offload.json")) as f:
         no_offload = json.load(f)
-    del shipped["zero_optimization"]["offload_optimizer"]
-    assert no_offload == shipped and no_offload["zero_optimization"]["stage"] == 2
+    del classic["zero_optimization"]["offload_optimizer"]
+    assert no_offload == classic
 
 
 def test_bad_arguments_are_one_line_each_and_list_shows_the_rows():
