@@ -131,3 +131,26 @@ def test_bad_arguments_are_one_line_each_and_list_shows_the_rows():
     lines = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
     assert list(lines) == list(throughput.CONFIGS)
     assert " none " in lines["no-offload-80g"] and " 16 GiB " in lines["classic"]
+
+
+def test_parity_compares_eval_curves_from_the_same_init(tiny_model, corpus, tmp_path):
+    """bench/parity.py on the CPU: the shipped ds_config.json (ZeRO-1) and the classic ZeRO-2 config from the same
+    saved init and seed give the same eval curve (ZeRO-1 only moves gradients to CPU RAM once a step instead of after
+    every micro-batch); the table, JSON and picture are written."""
+    from bench import parity
+
+    prefix = tmp_path / "docs" / "parity"
+    code = parity.main(["--tiny", str(tiny_model), "--use_cpu", "--block_size", "64", "--steps", "12",
+                        "--eval_steps", "6", "--configs", "shipped", "--work_dir", str(tmp_path / "work"),
+                        "--out_prefix", str(prefix)])
+    assert code == 0
+    with open(str(prefix) + ".json") as f:
+        rows = {row["name"]: row for row in json.load(f)["rows"]}
+    assert list(rows) == ["classic", "shipped"]
+    assert [step for step, _ in rows["classic"]["eval"]] == [6, 12]
+    assert rows["classic"]["eval"][-1][1] < rows["classic"]["eval"][0][1]  # it learns
+    assert [loss for _, loss in rows["shipped"]["eval"]] == pytest.approx([loss for _, loss in rows["classic"]["eval"]],
+                                                                          rel=1e-4)
+    assert rows["shipped"]["within_tolerance"] is True
+    assert "| shipped | " in (tmp_path / "docs" / "parity.md").read_text()
+    assert (tmp_path / "docs" / "parity.png").stat().st_size > 1000

@@ -163,6 +163,21 @@ def test_plan_against_the_gpu_measurements():
     assert estimate(shape, fastest).host / GiB == pytest.approx(37.0, rel=0.15)
 
 
+def test_plan_for_zero1_against_the_12_layer_measurements():
+    """An XL-wide GPT-2 of 12 layers, H100 capped to 16 GiB (docs/benchmark-12-layers.md): the classic ZeRO-2
+    config 6.0 GiB allocated, the shipped ZeRO-1 one 6.9 GiB (its gradients stay on the GPU until the step).
+    Within 15%."""
+    from transformers import GPT2Config
+
+    from clmkit.plan import Setup, estimate, model_shape
+
+    shape = model_shape(GPT2Config(n_embd=1600, n_layer=12, n_head=25))
+    classic = Setup(micro_batch=8, accumulation=2, block_size=1024, precision="fp16", checkpointing=True,
+                    deepspeed="ds_config.json", stage=2, offload_optimizer=True, pin_memory=True, overlap_comm=True)
+    assert estimate(shape, classic).gpu / GiB == pytest.approx(6.0, rel=0.15)
+    assert estimate(shape, dataclasses.replace(classic, stage=1)).gpu / GiB == pytest.approx(6.9, rel=0.15)
+
+
 def test_plan_against_gpt_neo_measured_on_the_gpu():
     """GPT-Neo 2.7B-sized, classic flags, H100 capped to 16 GiB (docs/gpu-runs.md): 11.59 GiB allocated,
     70.8 GiB host RAM for the process tree. Within 15%."""

@@ -1,5 +1,7 @@
 """Faster modes must compute the same thing: the chunked loss against the model's own loss."""
 
+import json
+
 import torch
 
 from conftest import python
@@ -28,17 +30,66 @@ def test_chunked_loss_equals_full_loss():
     assert torch.allclose(model.transformer.wte.weight.grad, full_grad, rtol=1e-4, atol=1e-7)
 
 
-def test_chunked_loss_trains_like_the_default(tiny_model, corpus, tmp_path):
-    """Same seed, accumulation 2: the logged losses match the default path to float rounding."""
+def short_run(tiny_model, corpus, out, *extra, steps=8):
+    return python("run_clm.py", "--model_name_or_path", tiny_model, "--train_file", corpus / "train.txt",
+                  "--do_train", "--output_dir", out, "--block_size", 64, "--per_device_train_batch_size", 4,
+                  "--gradient_accumulation_steps", 2, "--max_steps", steps, "--logging_steps", 1,
+                  "--learning_rate", 1e-3, "--seed", 5, "--use_cpu", "--save_strategy", "no", *extra)
+
+
+def test_chunked_loss_and_fused_gelu_train_like_the_default(tiny_model, corpus, tmp_path):
+    """Same seed, accumulation 2: the chunked loss, and GPT-2's seven-operation GELU against the one-kernel one
+    run_clm.py builds by default, give the same logged losses to float rounding; the saved config still says
+    gelu_new."""
     runs = {}
-    for name, extra in (("default", []), ("chunked", ["--chunked_loss"])):
-        out = tmp_path / name
-        result = python("run_clm.py", "--model_name_or_path", tiny_model, "--train_file", corpus / "train.txt",
-                        "--do_train", "--output_dir", out, "--block_size", 64, "--per_device_train_batch_size", 4,
-                        "--gradient_accumulation_steps", 2, "--max_steps", 8, "--logging_steps", 1,
-                        "--learning_rate", 1e-3, "--seed", 5, "--use_cpu", "--save_strategy", "no", *extra)
+    for name, extra in (("default", []), ("chunked", ["--chunked_loss"]), ("gelu_new", ["--no_fused_gelu"])):
+        result = short_run(tiny_model, corpus, tmp_path / name, *extra)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-        runs[name] = logged_losses(out)
+        runs[name] = logged_losses(tmp_path / name)
     assert len(runs["default"]) == 8
-    for a, b in zip(runs["default"], runs["chunked"]):
-        assert abs(a - b) < 1e-4 * abs(a), runs
+    for other in ("chunked", "gelu_new"):
+        for a, b in zip(runs["default"], runs[other]):
+            assert abs(a - b) < 1e-4 * abs(a), (other, runs)
+    with open(tmp_path / "default" / "config.json") as f:
+        assert json.load(f)["activation_function"] == "gelu_new"
+
+
+def test_bf16_weights_with_8bit_adamw_learn_like_fp32_adamw(tiny_model, corpus, tmp_path):
+    """The no-offload mode: bf16 weights, torchao's 8-bit AdamW with stochastic rounding, chunked loss. Over 16
+    steps its losses track fp32 weights with AdamW within 2% (the issue's bar for the final eval loss), and they
+    fall; the saved weights are bf16."""
+    fast = tmp_path / "fast"
+    result = short_run(tiny_model, corpus, fast, "--dtype", "bfloat16", "--bf16", "--optim", "adamw_torch_8bit",
+                       "--optim_args", "bf16_stochastic_round=True", "--chunked_loss", steps=16)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    reference = tmp_path / "fp32"
+    result = short_run(tiny_model, corpus, reference, steps=16)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    fast_losses, reference_losses = logged_losses(fast), logged_losses(reference)
+    assert fast_losses[-1] < fast_losses[0] - 0.25, fast_losses  # nats: well past noise
+    tail = sum(fast_losses[-4:]) / 4, sum(reference_losses[-4:]) / 4
+    assert abs(tail[0] - tail[1]) < 0.02 * tail[1], (fast_losses, reference_losses)
+
+    from safetensors import safe_open
+
+    with safe_open(fast / "model.safetensors", "pt") as f:
+        assert all(f.get_slice(key).get_dtype() == "BF16" for key in f.keys())
+
+
+def test_weights_load_in_the_deepspeed_training_precision():
+    """DeepSpeed casts the model to fp16/bf16 and makes its fp32 master copy from that: loading straight into the
+    half precision is the same numbers. Without DeepSpeed the Trainer's autocast needs the checkpoint's fp32."""
+    from types import SimpleNamespace
+
+    from clmkit.loading import training_dtype
+
+    def args(**kw):
+        return SimpleNamespace(**dict(dict(deepspeed=None, fp16=False, bf16=False), **kw))
+
+    model_args = SimpleNamespace(dtype=None)
+    assert training_dtype(model_args, args(deepspeed="ds_config.json", fp16=True)) is torch.float16
+    assert training_dtype(model_args, args(deepspeed="ds_config.json", bf16=True)) is torch.bfloat16
+    assert training_dtype(model_args, args(deepspeed="ds_config.json")) is None
+    assert training_dtype(model_args, args(fp16=True)) is None
+    assert training_dtype(SimpleNamespace(dtype="float32"), args(deepspeed="ds_config.json", fp16=True)) \
+        is torch.float32
