@@ -5,7 +5,7 @@ import re
 import shutil
 import time
 
-from .errors import UsageError
+from .errors import UsageError, first_process
 
 CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 # Files a finished run leaves at the top of output_dir, beside its checkpoint-<step> folders.
@@ -70,7 +70,8 @@ def resume_point(training_args):
         if not is_complete(path):
             raise UsageError(f"--resume_from_checkpoint {path}: not a complete checkpoint (no trainer_state.json); "
                              f"pick another checkpoint-<step> folder or drop the flag")
-        print(f"resuming from {path} (--resume_from_checkpoint)", flush=True)
+        if first_process():
+            print(f"resuming from {path} (--resume_from_checkpoint)", flush=True)
         return path
     with training_args.main_process_first(desc="tidying checkpoints"):
         if training_args.should_save:  # one process touches the folder
@@ -78,7 +79,7 @@ def resume_point(training_args):
             if training_args.overwrite_output_dir:
                 set_aside_previous_run(output_dir)
         newest = None if training_args.overwrite_output_dir else newest_complete_checkpoint(output_dir)
-    if newest:
+    if newest and first_process():
         print(f"resuming from {newest} (step {step_of(newest)}); --overwrite_output_dir starts from step 0 "
               "instead", flush=True)
     return newest
