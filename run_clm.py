@@ -29,7 +29,7 @@ def main(argv=None):
             print(plan.report(), flush=True)
         return
     train_set, eval_set = load_data(data_args, model_args, training_args, tokenizer, block_size)
-    model = load_model(model_args, config, tokenizer)
+    model = load_model(model_args, config, tokenizer, training_args)
     trainer = build_trainer(model, tokenizer, training_args, block_size, train_set, eval_set)
     print_plan(model, config, training_args, block_size, train_set, trainer)
     if training_args.do_train:
@@ -91,15 +91,17 @@ def load_data(data_args, model_args, training_args, tokenizer, block_size):
     return split_sequences(sequences, data_args, block_size, tokens)  # too little text: its token count, a fix
 
 
-def load_model(model_args, config, tokenizer):
-    from clmkit.loading import load_model_for_training
+def load_model(model_args, config, tokenizer, training_args):
+    from clmkit.loading import load_model_for_training, start_deepspeed_comm_on_cpu
 
+    start_deepspeed_comm_on_cpu(training_args)  # ZeRO-3 partitions the model as it is built
     return load_model_for_training(model_args, config, tokenizer)
 
 
 def build_trainer(model, tokenizer, training_args, block_size, train_set, eval_set):
     from transformers import default_data_collator
 
+    from clmkit.checkpoints import RunShape
     from clmkit.plotting import LossPlotCallback
     from clmkit.resilience import ClmTrainer, StopOnSignal, callbacks_for
     from clmkit.stats import RunStatsCallback
@@ -114,7 +116,9 @@ def build_trainer(model, tokenizer, training_args, block_size, train_set, eval_s
         processing_class=tokenizer,
         data_collator=default_data_collator,
         callbacks=[LossPlotCallback(training_args.output_dir), StopOnSignal(),
-                   RunStatsCallback(training_args.output_dir, tokens_per_step)],
+                   RunStatsCallback(training_args.output_dir, tokens_per_step),
+                   RunShape(training_args.world_size, training_args.per_device_train_batch_size,
+                            training_args.gradient_accumulation_steps)],
     )
     for callback in callbacks_for(trainer):
         trainer.add_callback(callback)
@@ -131,11 +135,13 @@ def print_plan(model, config, training_args, block_size, train_set, trainer):
 
 
 def train(trainer, training_args, train_set):
-    """Train from step 0 or from the newest complete checkpoint; on SIGTERM/SIGINT, checkpoint and stop."""
-    from clmkit.checkpoints import delete_replaced_runs, resume_point
+    """Train from step 0 or from the newest complete checkpoint (written by any number of GPUs); on SIGTERM/SIGINT,
+    checkpoint and stop."""
+    from clmkit.checkpoints import delete_replaced_runs, prepare_resume, resume_point
     from clmkit.resilience import StopOnSignal, save_final_model
 
     checkpoint = resume_point(training_args)
+    prepare_resume(trainer, checkpoint)  # another GPU count: DeepSpeed's universal checkpoint
     result = trainer.train(resume_from_checkpoint=checkpoint)
     stop = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, StopOnSignal))
     if stop.received:
