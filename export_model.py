@@ -25,7 +25,8 @@ from clmkit.errors import run_cli
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", metavar="CHECKPOINT_DIR", help="A checkpoint-<step> folder written by run_clm.py.")
+    parser.add_argument("checkpoint", metavar="CHECKPOINT_DIR",
+                        help="A checkpoint-<step> folder written by run_clm.py.")
     parser.add_argument("out_dir", metavar="OUT_DIR", help="Where to write the model: a new or empty folder.")
     parser.add_argument("--tokenizer", default=None,
                         help="Take the tokenizer from this folder or hub name (default: the one in the checkpoint).")

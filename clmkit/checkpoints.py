@@ -173,8 +173,9 @@ def prepare_resume(trainer, checkpoint):
             print(f"notice: {checkpoint} was written by {shape['processes']} process(es) x {shape['micro_batch']} "
                   f"sequences x {shape['accumulation']} accumulation = {before} sequences per optimizer step; this run "
                   f"takes {now}. The data position and the learning-rate schedule count optimizer steps, so the rest "
-                  "of the epoch is not the data the checkpoint's run would have seen; keep --per_device_train_batch_size "
-                  "x --gradient_accumulation_steps x GPUs the same to continue exactly", flush=True)
+                  "of the epoch is not the data the checkpoint's run would have seen; keep "
+                  "--per_device_train_batch_size x --gradient_accumulation_steps x GPUs the same to continue exactly",
+                  flush=True)
     if tag is None:
         return  # without DeepSpeed every process holds the whole optimizer state: any number of processes resumes
     partitions = len(zero_files(checkpoint, tag))
@@ -213,8 +214,9 @@ def check_disk_for_conversion(checkpoint, tag, partitions, world):
         from .plan import gib
 
         raise UsageError(f"{checkpoint}: written by {partitions} process(es) and this run has {world}; converting it "
-                         f"to DeepSpeed's universal format needs about {gib(need)} free on its disk and {gib(free)} is; "
-                         f"free some space, or resume with {partitions} GPU(s) (deepspeed --num_gpus={partitions} ...)")
+                         f"to DeepSpeed's universal format needs about {gib(need)} free on its disk and {gib(free)} "
+                         f"is; free some space, or resume with {partitions} GPU(s) (deepspeed --num_gpus={partitions} "
+                         "...)")
 
 
 def convert_to_universal(checkpoint, tag, universal, partitions, world):
