@@ -7,8 +7,8 @@ tokenizer, loadable by run_generation.py and AutoModelForCausalLM.from_pretraine
 CHECKPOINT_DIR is a checkpoint-<step> folder of a run_clm.py --output_dir: one written through DeepSpeed (ZeRO-2 as in
 ds_config.json, ZeRO-3 as in ds_config_zero3.json, by any number of GPUs; the fp32 master weights are joined from the
 optimizer state with DeepSpeed's zero_to_fp32), or one written without DeepSpeed. It runs on the CPU and needs RAM for
-about twice the fp32 weights (GPT-2 XL: about 13 GB) plus, for DeepSpeed, the checkpoint's optimizer files as they
-are read. OUT_DIR must be new or empty: nothing is ever overwritten, and the export appears there only once complete.
+about twice the fp32 weights (GPT-2 XL: about 13 GB). OUT_DIR must be new or empty: nothing is ever overwritten, and
+the export appears there only once complete.
 
 The final model a DeepSpeed --fp16/--bf16 run leaves in --output_dir holds 16-bit weights; this gives the fp32
 master weights of any checkpoint instead.
