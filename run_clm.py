@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # clmkit/ beside
 # (set before torch is imported; a value the user set wins).
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
-from clmkit.errors import UsageError, run_cli  # noqa: E402
+from clmkit.errors import UsageError, first_process, run_cli  # noqa: E402
 from clmkit.stats import apply_gpu_memory_cap  # noqa: E402
 
 
@@ -29,7 +29,8 @@ def main(argv=None):
     model_args, data_args, training_args = parse_arguments(argv)
     config, tokenizer, block_size, plan = check_inputs(model_args, data_args, training_args)
     if training_args.plan:  # --plan: the whole plan, nothing loaded
-        print(plan.report(), flush=True)
+        if first_process():
+            print(plan.report(), flush=True)
         return
     train_set, eval_set = load_data(data_args, model_args, training_args, tokenizer, block_size)
     model = load_model(model_args, config, tokenizer, training_args)
@@ -39,6 +40,7 @@ def main(argv=None):
         train(trainer, training_args, train_set)
     if training_args.do_eval:
         evaluate(trainer, eval_set)
+    leave_process_group()
 
 
 def parse_arguments(argv):
@@ -63,7 +65,7 @@ def check_inputs(model_args, data_args, training_args):
     problems, config, tokenizer, block_size, plan = checks.find_problems(model_args, data_args, training_args)
     raise_if_any(problems)  # includes host RAM or disk clearly too small for the plan
     resolve_warmup(training_args)
-    if plan is not None and training_args.do_train and not training_args.plan and int(os.environ.get("RANK", 0)) == 0:
+    if plan is not None and training_args.do_train and not training_args.plan and first_process():
         print(plan.summary(), flush=True)
     return config, tokenizer, block_size, plan
 
@@ -77,27 +79,33 @@ def resolve_warmup(training_args):
     if scheduler_params.get("warmup_num_steps") == "auto" and training_args.warmup_steps == 0:
         # DeepSpeed warms up over at least 2 steps whatever it is given; 1 asks for exactly that minimum.
         training_args.warmup_steps = 1
-        print("notice: no --warmup_steps given; the DeepSpeed scheduler warms up over its minimum of 2 steps")
+        if first_process():
+            print("notice: no --warmup_steps given; the DeepSpeed scheduler warms up over its minimum of 2 steps")
 
 
 def load_data(data_args, model_args, training_args, tokenizer, block_size):
+    """Read, tokenize and cut the text once (on each node): the first process does it and fills the datasets cache,
+    the others then read that cache."""
     from clmkit.data import load_raw_texts, make_sequences, split_sequences, tokenize_texts
 
-    raw, column = load_raw_texts(data_args, cache_dir=model_args.cache_dir)
+    with training_args.main_process_first(desc="reading the text files"):
+        raw, column = load_raw_texts(data_args, cache_dir=model_args.cache_dir)
     tokens = tokenize_texts(raw, column, tokenizer, data_args, training_args)
     sequences = make_sequences(tokens, tokenizer, block_size, data_args, training_args)
     return split_sequences(sequences, data_args, block_size, tokens)  # too little text: its token count, a fix
 
 
 def load_model(model_args, config, tokenizer, training_args):
-    from clmkit.loading import load_model_for_training
+    from clmkit.loading import load_model_for_training, start_deepspeed_comm_on_cpu
 
+    start_deepspeed_comm_on_cpu(training_args)  # ZeRO-3 partitions the model as it is built
     return load_model_for_training(model_args, config, tokenizer, training_args)
 
 
 def build_trainer(model, tokenizer, training_args, block_size, train_set, eval_set):
     from transformers import default_data_collator
 
+    from clmkit.checkpoints import RunShape
     from clmkit.plotting import LossPlotCallback
     from clmkit.resilience import ClmTrainer, StopOnSignal, callbacks_for
     from clmkit.stats import RunStatsCallback
@@ -112,7 +120,9 @@ def build_trainer(model, tokenizer, training_args, block_size, train_set, eval_s
         processing_class=tokenizer,
         data_collator=default_data_collator,
         callbacks=[LossPlotCallback(training_args.output_dir), StopOnSignal(),
-                   RunStatsCallback(training_args.output_dir, tokens_per_step)],
+                   RunStatsCallback(training_args.output_dir, tokens_per_step),
+                   RunShape(training_args.world_size, training_args.per_device_train_batch_size,
+                            training_args.gradient_accumulation_steps)],
     )
     for callback in callbacks_for(trainer):
         trainer.add_callback(callback)
@@ -129,17 +139,21 @@ def print_plan(model, config, training_args, block_size, train_set, trainer):
 
 
 def train(trainer, training_args, train_set):
-    """Train from step 0 or from the newest complete checkpoint; on SIGTERM/SIGINT, checkpoint and stop."""
-    from clmkit.checkpoints import delete_replaced_runs, resume_point
+    """Train from step 0 or from the newest complete checkpoint (written by any number of GPUs); on SIGTERM/SIGINT,
+    checkpoint and stop."""
+    from clmkit.checkpoints import delete_replaced_runs, prepare_resume, resume_point
     from clmkit.resilience import StopOnSignal, save_final_model
 
     checkpoint = resume_point(training_args)
+    prepare_resume(trainer, checkpoint)  # another GPU count: DeepSpeed's universal checkpoint
     result = trainer.train(resume_from_checkpoint=checkpoint)
     stop = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, StopOnSignal))
     if stop.received:
-        print(f"stopped by {signal.Signals(stop.received).name} after step {trainer.state.global_step}: "
-              f"checkpoint saved in {training_args.output_dir}/checkpoint-{trainer.state.global_step}; "
-              "rerun the same command to continue", flush=True)
+        if trainer.is_world_process_zero():
+            print(f"stopped by {signal.Signals(stop.received).name} after step {trainer.state.global_step}: "
+                  f"checkpoint saved in {training_args.output_dir}/checkpoint-{trainer.state.global_step}; "
+                  "rerun the same command to continue", flush=True)
+        leave_process_group()
         sys.exit(128 + stop.received)
     save_final_model(trainer, training_args.output_dir)
     metrics = dict(result.metrics, train_samples=len(train_set))
@@ -156,6 +170,15 @@ def evaluate(trainer, eval_set):
     metrics["perplexity"] = math.exp(metrics["eval_loss"]) if metrics["eval_loss"] < 700 else float("inf")
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
+
+
+def leave_process_group():
+    """Close the process group of a multi-process run before Python exits: left to interpreter shutdown, gloo's
+    threads can be torn down unjoined, and a rank that finished everything aborts (seen: 2 runs in 10 on 2 CPUs)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

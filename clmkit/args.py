@@ -7,7 +7,7 @@ from typing import Optional
 
 from transformers import HfArgumentParser, TrainingArguments
 
-from .errors import UsageError, read_json_object
+from .errors import UsageError, first_process, read_json_object
 
 
 @dataclass
@@ -173,10 +173,12 @@ def translate_legacy_flags(argv: list[str]) -> list[str]:
         name, eq, value = arg.partition("=")
         if name in RENAMED_FLAGS:
             new = RENAMED_FLAGS[name]
-            print(f"notice: {name} is now {new}; using {new}", file=sys.stderr)
+            if first_process():  # every rank parses the same flags
+                print(f"notice: {name} is now {new}; using {new}", file=sys.stderr)
             out.append(new + eq + value)
         elif name in DROPPED_FLAGS:
-            print(f"notice: {name} is ignored ({DROPPED_FLAGS[name]})", file=sys.stderr)
+            if first_process():
+                print(f"notice: {name} is ignored ({DROPPED_FLAGS[name]})", file=sys.stderr)
             takes_value = not eq and i + 1 < len(argv) and not argv[i + 1].startswith("--")
             i += 1 if takes_value else 0
         else:

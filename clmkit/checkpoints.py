@@ -1,11 +1,14 @@
-"""Which checkpoint a run continues from: rerunning the same command resumes."""
+"""Which checkpoint a run continues from: rerunning the same command resumes, also on another number of GPUs."""
 
 import os
 import re
 import shutil
 import time
 
-from .errors import UsageError
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
+
+from .errors import UsageError, first_process
 
 CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 # Files a finished run leaves at the top of output_dir, beside its checkpoint-<step> folders.
@@ -70,7 +73,8 @@ def resume_point(training_args):
         if not is_complete(path):
             raise UsageError(f"--resume_from_checkpoint {path}: not a complete checkpoint (no trainer_state.json); "
                              f"pick another checkpoint-<step> folder or drop the flag")
-        print(f"resuming from {path} (--resume_from_checkpoint)", flush=True)
+        if first_process():
+            print(f"resuming from {path} (--resume_from_checkpoint)", flush=True)
         return path
     with training_args.main_process_first(desc="tidying checkpoints"):
         if training_args.should_save:  # one process touches the folder
@@ -78,7 +82,7 @@ def resume_point(training_args):
             if training_args.overwrite_output_dir:
                 set_aside_previous_run(output_dir)
         newest = None if training_args.overwrite_output_dir else newest_complete_checkpoint(output_dir)
-    if newest:
+    if newest and first_process():
         print(f"resuming from {newest} (step {step_of(newest)}); --overwrite_output_dir starts from step 0 "
               "instead", flush=True)
     return newest
@@ -93,3 +97,145 @@ def delete_replaced_runs(output_dir):
 
 def step_of(checkpoint):
     return int(CHECKPOINT_DIR.match(os.path.basename(checkpoint)).group(1))
+
+
+# ---------------------------------------------------------------- resuming on another number of GPUs
+
+
+class RunShape(TrainerCallback, ExportableState):
+    """Records in every checkpoint's trainer_state.json (written last, so never without the rest) how many processes
+    wrote it and the batch each one took: what a resume on another number of GPUs is compared against."""
+
+    def __init__(self, processes=1, micro_batch=1, accumulation=1):
+        self.processes, self.micro_batch, self.accumulation = processes, micro_batch, accumulation
+
+    def state(self):
+        return {"args": {"processes": self.processes, "micro_batch": self.micro_batch,
+                         "accumulation": self.accumulation}, "attributes": {}}
+
+
+def saved_run_shape(checkpoint):
+    """RunShape's record in the checkpoint, or None (written before it was recorded)."""
+    import json
+
+    with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as f:
+        state = json.load(f)
+    saved = (state.get("stateful_callbacks") or {}).get(RunShape.__name__)
+    return saved.get("args") if isinstance(saved, dict) else None
+
+
+# One file of ZeRO optimizer state per data-parallel rank (DeepSpeed's naming, ZeRO-1, 2 and 3).
+ZERO_OPTIMIZER_FILE = re.compile(r"zero_pp_rank_(\d+)_mp_rank_\d+_optim_states\.pt$")
+
+
+def deepspeed_tag(checkpoint):
+    """The folder inside the checkpoint that DeepSpeed wrote (named in its `latest` file), or None."""
+    latest = os.path.join(checkpoint, "latest")
+    if not os.path.isfile(latest):
+        return None
+    with open(latest, encoding="utf-8") as f:
+        tag = f.read().strip()
+    return tag if tag and os.path.isdir(os.path.join(checkpoint, tag)) else None
+
+
+def zero_files(checkpoint, tag):
+    """{data-parallel rank: path} of the ZeRO optimizer state files."""
+    folder = os.path.join(checkpoint, tag)
+    found = {}
+    for name in os.listdir(folder):
+        match = ZERO_OPTIMIZER_FILE.search(name)
+        if match:
+            found[int(match.group(1))] = os.path.join(folder, name)
+    return found
+
+
+def prepare_resume(trainer, checkpoint):
+    """Before trainer.train() resumes from `checkpoint`: refuse a checkpoint this engine cannot continue, say when the
+    global batch changed, and when the ZeRO optimizer state was split over another number of processes than this run
+    has, have DeepSpeed convert it to its universal format (once) and load it from there."""
+    if checkpoint is None:
+        return
+    args = trainer.args
+    tag = deepspeed_tag(checkpoint)
+    if trainer.is_deepspeed_enabled and tag is None:
+        raise UsageError(f"{checkpoint}: written without DeepSpeed, so this --deepspeed run cannot continue it; drop "
+                         "--deepspeed to resume it, or add --overwrite_output_dir to start from step 0")
+    if not trainer.is_deepspeed_enabled and tag is not None:
+        raise UsageError(f"{checkpoint}: written by DeepSpeed (its optimizer state is in {tag}/); add --deepspeed "
+                         "with the config it was trained with (e.g. ds_config.json) to resume it, or "
+                         "--overwrite_output_dir to start from step 0")
+    shape = saved_run_shape(checkpoint)
+    world = args.world_size
+    if shape and first_process():
+        before = shape["processes"] * shape["micro_batch"] * shape["accumulation"]
+        now = world * args.per_device_train_batch_size * args.gradient_accumulation_steps
+        if before != now:
+            print(f"notice: {checkpoint} was written by {shape['processes']} process(es) x {shape['micro_batch']} "
+                  f"sequences x {shape['accumulation']} accumulation = {before} sequences per optimizer step; this run "
+                  f"takes {now}. The data position and the learning-rate schedule count optimizer steps, so the rest "
+                  "of the epoch is not the data the checkpoint's run would have seen; keep "
+                  "--per_device_train_batch_size x --gradient_accumulation_steps x GPUs the same to continue exactly",
+                  flush=True)
+    if tag is None:
+        return  # without DeepSpeed every process holds the whole optimizer state: any number of processes resumes
+    partitions = len(zero_files(checkpoint, tag))
+    if partitions in (0, world):
+        return
+    universal = tag + "_universal"
+    if not universal_is_complete(checkpoint, universal):
+        check_disk_for_conversion(checkpoint, tag, partitions, world)
+        with args.main_process_first(local=False, desc="converting the checkpoint to DeepSpeed's universal format"):
+            if args.process_index == 0:
+                convert_to_universal(checkpoint, tag, universal, partitions, world)
+    elif first_process():
+        print(f"notice: {checkpoint} was written by {partitions} process(es) and this run has {world}: resuming from "
+              f"its universal form {universal}/, converted earlier", flush=True)
+    # DeepSpeed's engine reads this when the Trainer calls load_checkpoint: it then loads each parameter's
+    # optimizer state from the universal folder named in latest_universal and partitions it for this run.
+    config = trainer.accelerator.state.deepspeed_plugin.hf_ds_config.config
+    config.setdefault("checkpoint", {})["load_universal"] = True
+
+
+def universal_is_complete(checkpoint, universal):
+    """ds_to_universal writes latest_universal after everything else."""
+    latest = os.path.join(checkpoint, "latest_universal")
+    if not os.path.isfile(latest):
+        return False
+    with open(latest, encoding="utf-8") as f:
+        return f.read().strip() == universal and os.path.isdir(os.path.join(checkpoint, universal))
+
+
+def check_disk_for_conversion(checkpoint, tag, partitions, world):
+    """The conversion writes the optimizer state twice over (per-rank fragments, then per-parameter files) before
+    deleting the fragments. Every process checks, so that all stop together rather than wait for one that stopped."""
+    need = 2 * sum(os.path.getsize(path) for path in zero_files(checkpoint, tag).values())
+    free = shutil.disk_usage(checkpoint).free
+    if free < need:
+        from .plan import gib
+
+        raise UsageError(f"{checkpoint}: written by {partitions} process(es) and this run has {world}; converting it "
+                         f"to DeepSpeed's universal format needs about {gib(need)} free on its disk and {gib(free)} "
+                         f"is; free some space, or resume with {partitions} GPU(s) (deepspeed --num_gpus={partitions} "
+                         "...)")
+
+
+def convert_to_universal(checkpoint, tag, universal, partitions, world):
+    """DeepSpeed's own converter (deepspeed/checkpoint/ds_to_universal.py), one worker at a time so that a single
+    rank's optimizer file is in memory at once."""
+    import argparse
+
+    from deepspeed.checkpoint import ds_to_universal
+
+    target = os.path.join(checkpoint, universal)
+    shutil.rmtree(target, ignore_errors=True)  # a conversion cut short
+    print(f"notice: {checkpoint} was written by {partitions} process(es) and this run has {world}: converting its "
+          f"ZeRO optimizer state with DeepSpeed's ds_to_universal into {target}/ (once) and resuming from that",
+          flush=True)
+    started = time.time()
+    ds_to_universal.main(argparse.Namespace(
+        input_folder=os.path.join(checkpoint, tag), output_folder=target, num_extract_workers=1,
+        num_merge_workers=1, keep_temp_folder=False, strict=True,
+        # Transformers' models carry no universal_checkpoint_info of their own; plain data parallelism needs none
+        # beyond the version marker this adds.
+        inject_missing_state=True))
+    print(f"converted in {time.time() - started:.1f} s", flush=True)

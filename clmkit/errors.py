@@ -1,6 +1,7 @@
 """User mistakes become one line each and exit code 2, never a traceback."""
 
 import json
+import os
 import sys
 
 USAGE_EXIT_CODE = 2
@@ -35,6 +36,11 @@ def read_json_object(path, label, advice):
     if not isinstance(value, dict):
         raise UsageError(f"{label}{path}: expected a JSON object; {advice}")
     return value
+
+
+def first_process() -> bool:
+    """Rank 0 of a launched run, or the only process: the one that prints notices for all of them."""
+    return int(os.environ.get("RANK") or 0) == 0
 
 
 def run_cli(main, argv=None) -> None:

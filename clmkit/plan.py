@@ -159,12 +159,27 @@ class Setup:
         return self.precision in ("fp16", "bf16")
 
     @property
+    def batch(self):
+        return batch_text(self.micro_batch, self.accumulation, self.ranks * self.nodes, self.block_size,
+                          self.use_cpu, self.nodes)
+
+    @property
     def engine(self):
         if not self.deepspeed:
             return "plain PyTorch (no DeepSpeed)"
         where = {(True, True): " with parameters and optimizer in CPU RAM",
                  (True, False): " with the optimizer in CPU RAM"}.get((self.offload_optimizer, self.offload_param), "")
         return f"DeepSpeed ZeRO-{self.stage}{where}"
+
+
+def batch_text(micro, accumulation, world, block_size, use_cpu=False, nodes=1):
+    """What one optimizer step sees: the micro-batch of each GPU (each process with --use_cpu), accumulated,
+    summed over all of them."""
+    unit = ("process", "processes") if use_cpu else ("GPU", "GPUs")
+    devices = f"{world} {unit[world != 1]}" + (f" ({nodes} nodes x {world // nodes})" if nodes > 1 else "")
+    sequences = micro * accumulation * world
+    return (f"{micro} sequences per {unit[0]} x {accumulation} accumulation x {devices} = {sequences:,} sequences = "
+            f"{sequences * block_size:,} tokens per optimizer step")
 
 
 def _local_ranks():
@@ -615,6 +630,7 @@ class Plan:
         lines = [
             f"plan:        {self._params()} parameters, {s.precision}, {s.engine}, {s.micro_batch} x "
             f"{s.block_size} tokens per micro-batch",
+            f"             batch: {s.batch}",
             f"             {self._gpu_line()}",
             f"             host RAM {gib(n.host)} peak ({self._host_terms()}) of {gib(m.ram)} available"
             f"{m.ram_note}: {self.status['host RAM']}",
@@ -633,9 +649,10 @@ class Plan:
         lines = [
             f"plan for {shape.model_type}: {shape.n_params:,} parameters ({self._params()}), {s.precision}, "
             f"{s.engine}" + (f" ({s.deepspeed})" if s.deepspeed else ""),
-            f"  {s.micro_batch} sequences x {s.block_size} tokens per micro-batch, {s.accumulation} accumulation, "
-            f"{s.ranks} GPU(s) x {s.nodes} node(s), gradient checkpointing {'on' if s.checkpointing else 'off'}"
-            + (f", loss in chunks of {s.chunk_tokens} tokens" if s.chunk_tokens else ""),
+            f"  {s.micro_batch} sequences x {s.block_size} tokens per micro-batch, gradient checkpointing "
+            f"{'on' if s.checkpointing else 'off'}" + (f", loss in chunks of {s.chunk_tokens} tokens" if s.chunk_tokens
+                                                       else ""),
+            f"  batch: {s.batch}",
             "GPU, per device" + (" (with --use_cpu: in host RAM)" if s.use_cpu else ""),
             row("model states", gib(n.gpu_states), self._states_text()),
             row("activations", gib(n.activations),
@@ -710,11 +727,11 @@ def describe_run(n_params, config, training_args, block_size, world_size, n_trai
 
     engine = setup_from_args(training_args, block_size, read_deepspeed_config(training_args.deepspeed)).engine
     size = f"{n_params / 1e9:.2f}B" if n_params >= 1e8 else f"{n_params / 1e6:.2f}M"
+    _, nodes, _ = _local_ranks()
     return "\n".join([
         f"model:       {size} parameters, {precision}, {engine}, "
         f"gradient checkpointing {'on' if training_args.gradient_checkpointing else 'off'}",
-        f"batch:       {micro} sequences x {accumulation} accumulation x {world_size} GPU(s) = "
-        f"{sequences_per_step} sequences = {sequences_per_step * block_size:,} tokens per optimizer step",
+        f"batch:       {batch_text(micro, accumulation, world_size, block_size, training_args.use_cpu, nodes)}",
         f"data:        {n_train_sequences:,} training sequences of {block_size} tokens = "
         f"{max(1, n_train_sequences // sequences_per_step):,} steps per epoch",
         f"checkpoints: {training_args.output_dir}/checkpoint-<step> every {training_args.save_steps} steps; "
