@@ -103,6 +103,13 @@ def test_rows_are_what_the_issue_asks_for():
     assert configs["shipped"] == throughput.Config("ds_config.json", configs["classic"].flags[:1]
                                                    + configs["classic"].flags[4:])
     assert configs["no-offload-80g"].gpu_memory_gib is None
+    # ds_config_zero1.json is the shipped config but for the stage
+    with open(os.path.join(REPO, "ds_config.json")) as f:
+        shipped = json.load(f)
+    with open(os.path.join(REPO, "ds_config_zero1.json")) as f:
+        zero1 = json.load(f)
+    assert (zero1["zero_optimization"].pop("stage"), shipped["zero_optimization"].pop("stage")) == (1, 2)
+    assert zero1 == shipped
     for name, config in configs.items():
         if config.ds_config:
             with open(os.path.join(REPO, config.ds_config)) as f:
@@ -134,23 +141,23 @@ def test_bad_arguments_are_one_line_each_and_list_shows_the_rows():
 
 
 def test_parity_compares_eval_curves_from_the_same_init(tiny_model, corpus, tmp_path):
-    """bench/parity.py on the CPU: the shipped ds_config.json (ZeRO-1) and the classic ZeRO-2 config from the same
-    saved init and seed give the same eval curve (ZeRO-1 only moves gradients to CPU RAM once a step instead of after
-    every micro-batch); the table, JSON and picture are written."""
+    """bench/parity.py on the CPU: ds_config_zero1.json and the classic ZeRO-2 config from the same saved init and
+    seed give the same eval curve (ZeRO-1 only moves gradients to CPU RAM once a step instead of after every
+    micro-batch); the table, JSON and picture are written."""
     from bench import parity
 
     prefix = tmp_path / "docs" / "parity"
     code = parity.main(["--tiny", str(tiny_model), "--use_cpu", "--block_size", "64", "--steps", "12",
-                        "--eval_steps", "6", "--configs", "shipped", "--work_dir", str(tmp_path / "work"),
+                        "--eval_steps", "6", "--configs", "zero1", "--work_dir", str(tmp_path / "work"),
                         "--out_prefix", str(prefix)])
     assert code == 0
     with open(str(prefix) + ".json") as f:
         rows = {row["name"]: row for row in json.load(f)["rows"]}
-    assert list(rows) == ["classic", "shipped"]
+    assert list(rows) == ["classic", "zero1"]
     assert [step for step, _ in rows["classic"]["eval"]] == [6, 12]
     assert rows["classic"]["eval"][-1][1] < rows["classic"]["eval"][0][1]  # it learns
-    assert [loss for _, loss in rows["shipped"]["eval"]] == pytest.approx([loss for _, loss in rows["classic"]["eval"]],
-                                                                          rel=1e-4)
-    assert rows["shipped"]["within_tolerance"] is True
-    assert "| shipped | " in (tmp_path / "docs" / "parity.md").read_text()
+    assert [loss for _, loss in rows["zero1"]["eval"]] == pytest.approx([loss for _, loss in rows["classic"]["eval"]],
+                                                                        rel=1e-4)
+    assert rows["zero1"]["within_tolerance"] is True
+    assert "| zero1 | " in (tmp_path / "docs" / "parity.md").read_text()
     assert (tmp_path / "docs" / "parity.png").stat().st_size > 1000
