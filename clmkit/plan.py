@@ -153,6 +153,7 @@ class Setup:
     launcher: bool = False  # started by a launcher, whose own process is counted too
     checkpoints: bool = True  # checkpoints hold the optimizer state (not --save_only_model / --save_strategy no)
     load_bytes: int = 4  # bytes a weight takes as loaded on the CPU (fp32 unless --dtype or the checkpoint says)
+    optim: str = "adamw_torch"  # --optim: without DeepSpeed, what Adam's state costs on the GPU
 
     @property
     def half(self):
@@ -229,13 +230,18 @@ def setup_from_args(training_args, block_size, ds_config=None, model_args=None, 
         nodes=nodes,
         launcher=launcher,
         checkpoints=save_strategy != "no" and not training_args.save_only_model,
-        load_bytes=_load_bytes(model_args, config),
+        load_bytes=_load_bytes(model_args, config, training_args),
+        optim=str(getattr(training_args.optim, "value", training_args.optim)),
     )
 
 
-def _load_bytes(model_args, config):
-    """--dtype, else for a pretrained model the dtype of its checkpoint, else fp32."""
+def _load_bytes(model_args, config, training_args=None):
+    """--dtype; else under DeepSpeed the --fp16/--bf16 precision (clmkit/loading.py:training_dtype); else for a
+    pretrained model the dtype of its checkpoint, else fp32."""
     dtype = getattr(model_args, "dtype", None)
+    if dtype in (None, "auto") and getattr(training_args, "deepspeed", None) and (
+            getattr(training_args, "fp16", False) or getattr(training_args, "bf16", False)):
+        return 2
     if dtype in (None, "auto") and getattr(model_args, "model_name_or_path", None):
         dtype = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32")
     return 2 if dtype and ("float16" in str(dtype) or "bfloat16" in str(dtype)) else 4
@@ -341,11 +347,18 @@ def activation_bytes(shape, setup, act_bytes):
     return shape.layers * layer + edges, loss, loss, layer
 
 
+# Bytes of optimizer state a parameter for the low-bit AdamWs --optim offers (m and v, plus their block scales)
+OPTIMIZER_STATE_BYTES = {"adamw_torch_8bit": 2, "adamw_torch_4bit": 1, "adamw_bnb_8bit": 2, "adamw_8bit": 2,
+                         "paged_adamw_8bit": 2}
+
+
 def estimate(shape: ModelShape, setup: Setup) -> Needs:
     n = shape.n_params
     act_bytes = 2 if setup.half else 4
-    # DeepSpeed casts the model to fp16/bf16; plain PyTorch keeps fp32 weights and autocasts the compute
-    weight_bytes = act_bytes if setup.deepspeed else 4
+    # DeepSpeed casts the model to fp16/bf16; plain PyTorch trains the weights in the dtype they were loaded in
+    # (fp32 with autocast, or bf16 weights with --dtype bfloat16)
+    weight_bytes = act_bytes if setup.deepspeed else setup.load_bytes
+    optimizer_state = OPTIMIZER_STATE_BYTES.get(setup.optim, 2 * weight_bytes)  # AdamW: m and v like the weights
     deepspeed_host = deepspeed_gpu = 0
     if setup.deepspeed:
         deepspeed_host, deepspeed_gpu = deepspeed_estimate(shape, setup)
@@ -358,9 +371,11 @@ def estimate(shape: ModelShape, setup: Setup) -> Needs:
             gpu_states += weight_bytes * n
         buffers = deepspeed_gpu_buffers(shape, setup, weight_bytes)
     else:
-        # fp32 weights, gradients, Adam's m and v (16 bytes a parameter); under autocast a 16-bit copy of every
-        # weight, cached in the forward pass and kept for the backward
-        gpu_states, buffers = 16 * n + (2 * n if setup.half else 0), 0
+        # weights, gradients, Adam's m and v (16 bytes a parameter in fp32; 6 for bf16 weights with an 8-bit
+        # AdamW); under autocast of fp32 weights a 16-bit copy of every weight, cached in the forward pass and kept
+        # for the backward
+        copies = 2 * n if setup.half and weight_bytes == 4 else 0
+        gpu_states, buffers = (2 * weight_bytes + optimizer_state) * n + copies, 0
     kept, transient, loss, layer = activation_bytes(shape, setup, act_bytes)
 
     worker = WORKER_BASELINE + (0 if setup.use_cpu else CUDA_BASELINE)
@@ -391,7 +406,7 @@ def estimate(shape: ModelShape, setup: Setup) -> Needs:
     elif setup.deepspeed:
         checkpoint = (1 if setup.stage == 3 else 2) * weight_bytes * n + 12 * n
     else:
-        checkpoint = 12 * n
+        checkpoint = (weight_bytes + optimizer_state) * n
     return Needs(gpu_states=gpu_states, gpu_buffers=buffers, kept=kept, transient=transient, loss=loss, layer=layer,
                  host_baseline=baseline, host_optimizer=optimizer, host_pinned=pinned, pinned_parts=parts,
                  host_loading=loading, host_saving=saving, disk_checkpoint=checkpoint, disk_weights=final,
@@ -698,7 +713,10 @@ class Plan:
     def _states_text(self):
         s = self.setup
         if not s.deepspeed:
-            return "fp32 weights, gradients and Adam state" + (", 16-bit weight copies" if s.half else "")
+            weights = "fp32" if s.load_bytes == 4 else "16-bit"
+            adam = "8-bit " if "8bit" in s.optim else "4-bit " if "4bit" in s.optim else ""
+            return (f"{weights} weights and gradients, {adam}Adam state"
+                    + (", 16-bit weight copies" if s.half and s.load_bytes == 4 else ""))
         where = "16-bit weights" if s.half else "fp32 weights"
         if s.stage == 3 and s.offload_param:
             return "the largest layer gathered (DeepSpeed's ZeRO-3 estimate)"

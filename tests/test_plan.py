@@ -163,10 +163,10 @@ def test_plan_against_the_gpu_measurements():
     assert estimate(shape, fastest).host / GiB == pytest.approx(37.0, rel=0.15)
 
 
-def test_plan_for_zero1_against_the_12_layer_measurements():
+def test_plan_for_zero1_and_8bit_adamw_against_the_12_layer_measurements():
     """An XL-wide GPT-2 of 12 layers, H100 capped to 16 GiB (docs/benchmark-12-layers.md): the classic ZeRO-2
-    config 6.0 GiB allocated, the shipped ZeRO-1 one 6.9 GiB (its gradients stay on the GPU until the step).
-    Within 15%."""
+    config 6.0 GiB allocated, the shipped ZeRO-1 one 6.9 GiB (its gradients stay on the GPU until the step), the
+    no-offload bf16 + 8-bit AdamW mode 4.6 GiB. Within 15%."""
     from transformers import GPT2Config
 
     from clmkit.plan import Setup, estimate, model_shape
@@ -176,6 +176,10 @@ def test_plan_for_zero1_against_the_12_layer_measurements():
                     deepspeed="ds_config.json", stage=2, offload_optimizer=True, pin_memory=True, overlap_comm=True)
     assert estimate(shape, classic).gpu / GiB == pytest.approx(6.0, rel=0.15)
     assert estimate(shape, dataclasses.replace(classic, stage=1)).gpu / GiB == pytest.approx(6.9, rel=0.15)
+    # no DeepSpeed: bf16 weights, torchao's 8-bit AdamW, chunked loss: 4.6 GiB allocated
+    fast = Setup(micro_batch=8, accumulation=2, block_size=1024, precision="bf16", checkpointing=True,
+                 chunk_tokens=2048, load_bytes=2, optim="adamw_torch_8bit")
+    assert estimate(shape, fast).gpu / GiB == pytest.approx(4.6, rel=0.15)
 
 
 def test_plan_against_gpt_neo_measured_on_the_gpu():
