@@ -96,9 +96,12 @@ def load_data(data_args, model_args, training_args, tokenizer, block_size):
 
 
 def load_model(model_args, config, tokenizer, training_args):
+    from transformers import set_seed
+
     from clmkit.loading import load_model_for_training, start_deepspeed_comm_on_cpu
 
     start_deepspeed_comm_on_cpu(training_args)  # ZeRO-3 partitions the model as it is built
+    set_seed(training_args.seed)  # a model built from a config draws its weights now: the same --seed, the same init
     return load_model_for_training(model_args, config, tokenizer, training_args)
 
 

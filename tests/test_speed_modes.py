@@ -93,3 +93,19 @@ def test_weights_load_in_the_deepspeed_training_precision():
     assert training_dtype(model_args, args(fp16=True)) is None
     assert training_dtype(SimpleNamespace(dtype="float32"), args(deepspeed="ds_config.json", fp16=True)) \
         is torch.float32
+
+
+def test_a_model_built_from_a_config_starts_from_the_seed(tiny_model, corpus, tmp_path):
+    """--model_type with --config_overrides draws random weights: the same --seed gives the same start (and so the
+    same losses), another seed another start."""
+    losses = {}
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        result = python("run_clm.py", "--model_type", "gpt2", "--config_overrides",
+                        "n_layer=1,n_embd=32,n_head=2,n_positions=128", "--tokenizer_name", tiny_model,
+                        "--train_file", corpus / "train.txt", "--do_train", "--output_dir", tmp_path / name,
+                        "--block_size", 32, "--per_device_train_batch_size", 4, "--max_steps", 2, "--logging_steps", 1,
+                        "--use_cpu", "--save_strategy", "no", "--seed", seed)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        losses[name] = logged_losses(tmp_path / name)
+    assert losses["a"] == losses["b"]
+    assert losses["a"][0] != losses["c"][0]
