@@ -236,12 +236,11 @@ def setup_from_args(training_args, block_size, ds_config=None, model_args=None, 
 
 
 def _load_bytes(model_args, config, training_args=None):
-    """--dtype; else under DeepSpeed the --fp16/--bf16 precision (clmkit/loading.py:training_dtype); else for a
-    pretrained model the dtype of its checkpoint, else fp32."""
-    dtype = getattr(model_args, "dtype", None)
-    if dtype in (None, "auto") and getattr(training_args, "deepspeed", None) and (
-            getattr(training_args, "fp16", False) or getattr(training_args, "bf16", False)):
-        return 2
+    """Bytes a weight takes as loaded, by the loader's own rule (clmkit/loading.py:training_dtype); where that leaves
+    the checkpoint's dtype, a pretrained model's config says it, else fp32."""
+    from .loading import training_dtype
+
+    dtype = training_dtype(model_args, training_args) if model_args is not None else None
     if dtype in (None, "auto") and getattr(model_args, "model_name_or_path", None):
         dtype = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32")
     return 2 if dtype and ("float16" in str(dtype) or "bfloat16" in str(dtype)) else 4
