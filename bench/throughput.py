@@ -62,7 +62,6 @@ CLASSIC = "classic"
 # CPU) with --fp16, micro-batch 8 x accumulation 2, weights loaded in fp32 and cast by DeepSpeed, GPT-2's own GELU,
 # PyTorch's default CUDA allocator; gradient checkpointing is run_clm.py's default. "shipped" is today's ds_config.json with the same flags. Add a row with
 # one line here.
-EXPANDABLE = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
 BF16_8BIT = ("--bf16", "--dtype", "bfloat16", "--optim", "adamw_torch_8bit", "--chunked_loss")
 BF16_8BIT_SR = (*BF16_8BIT, "--optim_args", "bf16_stochastic_round=True")
 CONFIGS = {
@@ -87,15 +86,14 @@ CONFIGS = {
     # No DeepSpeed, nothing in host RAM: bf16 weights and an 8-bit AdamW (torchao) on the GPU; stochastic
     # rounding so that updates smaller than a bf16 step are not lost on average.
     "bf16-adam8bit":  Config(None, (*BF16_8BIT, *batch(8, 2))),
-    "bf16-adam8bit-sr": Config(None, (*BF16_8BIT_SR, *batch(8, 2)), env=EXPANDABLE),
-    "bf16-adam8bit-sr-mb16": Config(None, (*BF16_8BIT_SR, *batch(16, 1)), env=EXPANDABLE),
-    "bf16-adam8bit-sr-compile": Config(None, (*BF16_8BIT_SR, "--torch_compile", *batch(8, 2)), env=EXPANDABLE),
+    "bf16-adam8bit-sr": Config(None, (*BF16_8BIT_SR, *batch(8, 2))),
+    "bf16-adam8bit-sr-mb16": Config(None, (*BF16_8BIT_SR, *batch(16, 1))),
+    "bf16-adam8bit-sr-compile": Config(None, (*BF16_8BIT_SR, "--torch_compile", *batch(8, 2))),
     # The same per-GPU micro-batch and accumulation on more GPUs: the global batch grows with them.
     "shipped-2gpu":   Config("ds_config.json", ("--fp16", *batch(8, 2)), gpus=2, scales="shipped"),
     "zero1-2gpu":     Config("ds_config_zero1.json", ("--fp16", *batch(8, 2)), gpus=2, scales="zero1"),
     "shipped-4gpu":   Config("ds_config.json", ("--fp16", *batch(8, 2)), gpus=4, scales="shipped"),
-    "bf16-adam8bit-sr-2gpu": Config(None, (*BF16_8BIT_SR, *batch(8, 2)), env=EXPANDABLE, gpus=2,
-                                    scales="bf16-adam8bit-sr"),
+    "bf16-adam8bit-sr-2gpu": Config(None, (*BF16_8BIT_SR, *batch(8, 2)), gpus=2, scales="bf16-adam8bit-sr"),
 }
 
 
