@@ -139,6 +139,9 @@ class Setup:
     checkpointing: bool = True
     chunk_tokens: int = 0  # --chunked_loss: tokens per loss chunk (0: the whole micro-batch at once)
     use_cpu: bool = False
+    # The workers hold a CUDA context: not --use_cpu, and a GPU is here (or assumed by CLM_ASSUME_GPU_GIB). Without
+    # one, Transformers trains on the CPU, and a worker's RAM is the CPU baseline only.
+    cuda: bool = True
     deepspeed: str = ""  # the --deepspeed config; "" is plain PyTorch
     stage: int = 0
     offload_optimizer: bool = False
@@ -194,6 +197,12 @@ def _int_or_auto(value):
     return int(float(value)) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
 
 
+def _gpu_here():
+    import torch
+
+    return torch.cuda.is_available() or env_gib(GPU_OVERRIDE) is not None
+
+
 def setup_from_args(training_args, block_size, ds_config=None, model_args=None, config=None) -> Setup:
     """The Setup the flags and the DeepSpeed config (a dict, already read) describe."""
     zero = (ds_config or {}).get("zero_optimization") or {}
@@ -216,6 +225,7 @@ def setup_from_args(training_args, block_size, ds_config=None, model_args=None, 
         checkpointing=bool(training_args.gradient_checkpointing),
         chunk_tokens=chunk,
         use_cpu=bool(training_args.use_cpu),
+        cuda=_gpu_here(),
         deepspeed=(deepspeed if isinstance(deepspeed, str) else "the --deepspeed config") if deepspeed else "",
         stage=stage,
         offload_optimizer=optimizer.get("device", "none") in ("cpu", "nvme"),
@@ -377,7 +387,7 @@ def estimate(shape: ModelShape, setup: Setup) -> Needs:
         gpu_states, buffers = (2 * weight_bytes + optimizer_state) * n + copies, 0
     kept, transient, loss, layer = activation_bytes(shape, setup, act_bytes)
 
-    worker = WORKER_BASELINE + (0 if setup.use_cpu else CUDA_BASELINE)
+    worker = WORKER_BASELINE + (CUDA_BASELINE if setup.cuda and not setup.use_cpu else 0)
     baseline = setup.ranks * worker + (LAUNCHER_BASELINE if setup.launcher else 0)
     # DeepSpeedCPUAdam's exp_avg and exp_avg_sq: fp32, ordinary (pageable) memory, partitioned over the ranks
     optimizer = 8 * n if setup.offload_optimizer else 0
@@ -685,7 +695,7 @@ class Plan:
             row("saving", gib(n.host_saving), "the weights copied to the CPU to write model.safetensors"
                 if n.host_saving else "written from where they are"),
             row("baseline", gib(n.host_baseline), f"Python, torch and libraries in {s.ranks} worker(s)"
-                + ("" if s.use_cpu else " with CUDA") + (" + the launcher" if s.launcher else "")),
+                + (" with CUDA" if s.cuda and not s.use_cpu else "") + (" + the launcher" if s.launcher else "")),
             row("peak", gib(n.host), "baseline + the larger of loading and "
                 + ("optimizer + buffers + saving" if n.on_gpu else "states, activations and buffers")),
         ]

@@ -138,6 +138,22 @@ def test_tiny_model_plan_against_its_measured_peak(tmp_path, tiny_model, corpus)
     assert planned == pytest.approx(measured, rel=0.25), (planned, measured)
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a machine without a GPU")
+def test_no_cuda_context_is_counted_where_there_is_no_gpu(tiny_model, corpus, tmp_path):
+    """Without a GPU here (and none assumed) Transformers trains on the CPU: the plan counts a CPU worker, not one
+    holding a CUDA context (3.5 GiB). Counting it stopped a tiny run on a CI machine with 3.5 GiB of RAM free."""
+    flags = [RUN_CLM, "--model_name_or_path", tiny_model, "--train_file", corpus / "train.txt", "--do_train",
+             "--output_dir", tmp_path / "out", "--plan"]
+    baseline = {}
+    for assumed, env in (("none", {}), ("16 GiB", {"CLM_ASSUME_GPU_GIB": "16"})):
+        result = subprocess.run([sys.executable, *map(str, flags)], capture_output=True, text=True,
+                                env=dict(os.environ, CLM_ASSUME_HOST_RAM_GIB="64", **env))
+        assert result.returncode == 0, result.stderr[-3000:]
+        baseline[assumed] = re.search(r"baseline +([\d.]+) GiB +(.*)", result.stdout).groups()
+    assert float(baseline["none"][0]) < 1 and "CUDA" not in baseline["none"][1], baseline
+    assert float(baseline["16 GiB"][0]) > 3.5 and "with CUDA" in baseline["16 GiB"][1], baseline
+
+
 def test_plan_against_the_gpu_measurements():
     """GPT-2 XL on an H100 capped to 16 GiB (docs/gpu-runs.md), the figures the formulas were fitted to: peak GPU
     allocated 8.95 GiB, worker RSS 41.5-43.6 GiB, a checkpoint 24 GB (`du -sh`, which rounds up); without offload
