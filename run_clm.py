@@ -40,7 +40,7 @@ def main(argv=None):
         train(trainer, training_args, train_set)
     if training_args.do_eval:
         evaluate(trainer, eval_set)
-    leave_process_group()
+    leave_process_group(training_args)
 
 
 def parse_arguments(argv):
@@ -98,7 +98,8 @@ def load_data(data_args, model_args, training_args, tokenizer, block_size):
 def load_model(model_args, config, tokenizer, training_args):
     from transformers import set_seed
 
-    from clmkit.loading import load_model_for_training, start_deepspeed_comm_on_cpu
+    from clmkit.cpucomm import start_deepspeed_comm_on_cpu
+    from clmkit.loading import load_model_for_training
 
     start_deepspeed_comm_on_cpu(training_args)  # ZeRO-3 partitions the model as it is built
     set_seed(training_args.seed)  # a model built from a config draws its weights now: the same --seed, the same init
@@ -109,6 +110,7 @@ def build_trainer(model, tokenizer, training_args, block_size, train_set, eval_s
     from transformers import default_data_collator
 
     from clmkit.checkpoints import RunShape
+    from clmkit.cpucomm import ReleaseSharedMemory
     from clmkit.plotting import LossPlotCallback
     from clmkit.resilience import ClmTrainer, StopOnSignal, callbacks_for
     from clmkit.stats import RunStatsCallback
@@ -125,7 +127,7 @@ def build_trainer(model, tokenizer, training_args, block_size, train_set, eval_s
         callbacks=[LossPlotCallback(training_args.output_dir), StopOnSignal(),
                    RunStatsCallback(training_args.output_dir, tokens_per_step),
                    RunShape(training_args.world_size, training_args.per_device_train_batch_size,
-                            training_args.gradient_accumulation_steps)],
+                            training_args.gradient_accumulation_steps), ReleaseSharedMemory()],
     )
     for callback in callbacks_for(trainer):
         trainer.add_callback(callback)
@@ -156,7 +158,7 @@ def train(trainer, training_args, train_set):
             print(f"stopped by {signal.Signals(stop.received).name} after step {trainer.state.global_step}: "
                   f"checkpoint saved in {training_args.output_dir}/checkpoint-{trainer.state.global_step}; "
                   "rerun the same command to continue", flush=True)
-        leave_process_group()
+        leave_process_group(training_args)
         sys.exit(128 + stop.received)
     save_final_model(trainer, training_args.output_dir)
     metrics = dict(result.metrics, train_samples=len(train_set))
@@ -175,11 +177,16 @@ def evaluate(trainer, eval_set):
     trainer.save_metrics("eval", metrics)
 
 
-def leave_process_group():
+def leave_process_group(training_args):
     """Close the process group of a multi-process run before Python exits: left to interpreter shutdown, gloo's
-    threads can be torn down unjoined, and a rank that finished everything aborts (seen: 2 runs in 10 on 2 CPUs)."""
+    threads can be torn down unjoined, and a rank that finished everything aborts (seen: 2 runs in 10 on 2 CPUs).
+    DeepSpeed on the CPU also leaves a shared-memory file per process unless told (clmkit/cpucomm.py)."""
     import torch.distributed as dist
 
+    from clmkit.cpucomm import release_shared_memory
+
+    if training_args.deepspeed and training_args.use_cpu:
+        release_shared_memory(training_args.process_index)
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

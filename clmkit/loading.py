@@ -161,20 +161,6 @@ def _build_for_training(model_args, config, dtype):
     return model
 
 
-def start_deepspeed_comm_on_cpu(training_args):
-    """With --use_cpu, accelerate starts torch.distributed (gloo) itself and DeepSpeed's own communication layer waits
-    for deepspeed.initialize; but ZeRO-3 builds the model inside deepspeed.zero.Init before that, which then counts 1
-    process and refuses the batch arithmetic of several. Hand DeepSpeed the process group already there. On GPUs
-    accelerate starts DeepSpeed's layer first, and this is never reached."""
-    if not (training_args.deepspeed and training_args.use_cpu and training_args.world_size > 1):
-        return
-    import deepspeed
-    import torch.distributed as dist
-
-    if dist.is_initialized() and not deepspeed.comm.is_initialized():
-        deepspeed.init_distributed(dist_backend=dist.get_backend())
-
-
 def load_model_for_generation(path: str, dtype=None, device="cpu"):
     """A saved model and its tokenizer (left-padded, for batched prompts), ready to generate."""
     tokenizer = load_tokenizer(path, flag="--model_name_or_path", padding_side="left")
