@@ -35,7 +35,7 @@ def main(argv=None):
     train_set, eval_set = load_data(data_args, model_args, training_args, tokenizer, block_size)
     model = load_model(model_args, config, tokenizer, training_args)
     trainer = build_trainer(model, tokenizer, training_args, block_size, train_set, eval_set)
-    print_plan(model, config, training_args, block_size, train_set, trainer)
+    print_plan(model, config, training_args, block_size, train_set, eval_set, trainer)
     if training_args.do_train:
         train(trainer, training_args, train_set)
     if training_args.do_eval:
@@ -89,7 +89,7 @@ def load_data(data_args, model_args, training_args, tokenizer, block_size):
     from clmkit.data import load_raw_texts, make_sequences, split_sequences, tokenize_texts
 
     with training_args.main_process_first(desc="reading the text files"):
-        raw, column = load_raw_texts(data_args, cache_dir=model_args.cache_dir)
+        raw, column = load_raw_texts(data_args, cache_dir=model_args.cache_dir, training=training_args.do_train)
     tokens = tokenize_texts(raw, column, tokenizer, data_args, training_args)
     sequences = make_sequences(tokens, tokenizer, block_size, data_args, training_args)
     return split_sequences(sequences, data_args, block_size, tokens)  # too little text: its token count, a fix
@@ -134,13 +134,14 @@ def build_trainer(model, tokenizer, training_args, block_size, train_set, eval_s
     return trainer
 
 
-def print_plan(model, config, training_args, block_size, train_set, trainer):
+def print_plan(model, config, training_args, block_size, train_set, eval_set, trainer):
     from clmkit.plan import describe_run
 
     if trainer.is_world_process_zero():
         n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3 partitions them
-        print(describe_run(n_params, config, training_args, block_size, training_args.world_size, len(train_set)),
-              flush=True)
+        n_train = len(train_set) if training_args.do_train else None
+        print(describe_run(n_params, config, training_args, block_size, training_args.world_size, n_train,
+                           len(eval_set)), flush=True)
 
 
 def train(trainer, training_args, train_set):

@@ -35,18 +35,21 @@ def choose_block_size(data_args, config) -> int:
     return data_args.block_size
 
 
-def load_raw_texts(data_args, cache_dir=None):
-    """A DatasetDict with 'train' (and 'validation' if a file is given), each with one text column."""
+def load_raw_texts(data_args, cache_dir=None, training=True):
+    """A DatasetDict with 'train' and/or 'validation', each with one text column. A run that only evaluates reads
+    the train file only to hold its tail out, when there is no validation file."""
     from datasets import load_dataset
 
-    files = {"train": data_args.train_file}
+    files = {}
+    if data_args.train_file and (training or not data_args.validation_file):
+        files["train"] = data_args.train_file
     if data_args.validation_file:
         files["validation"] = data_args.validation_file
     builders = {split: builder_for(path) for split, path in files.items()}
     if len(set(builders.values())) != 1:
         raise UsageError(f"--train_file and --validation_file have different formats ({', '.join(files.values())}); "
                          "convert both to csv with texttocsv.py")
-    builder = builders["train"]
+    builder = next(iter(builders.values()))
     options = {"keep_linebreaks": data_args.keep_linebreaks} if builder == "text" else {}
     raw = load_dataset(builder, data_files=files, cache_dir=cache_dir, **options)
     column = data_args.text_column if builder != "text" else "text"
@@ -80,7 +83,7 @@ def tokenize_texts(raw, column, tokenizer, data_args, training_args):
         return {"input_ids": [seq + [eos] for seq in ids]}
 
     with training_args.main_process_first(desc="tokenizing"):
-        return raw.map(tokenize, remove_columns=raw["train"].column_names, desc="Tokenizing",
+        return raw.map(tokenize, remove_columns=next(iter(raw.values())).column_names, desc="Tokenizing",
                        **_map_options(data_args))
 
 
@@ -123,7 +126,7 @@ def split_sequences(sequences, data_args, block_size, tokens=None):
                 for split in sequences if len(sequences[split]) < sequences_needed(split, data_args)]
     if problems:
         raise UsageError(*problems)
-    train = sequences["train"]
+    train = sequences.get("train")  # None when only evaluating on --validation_file
     if "validation" in sequences:
         evaluation = sequences["validation"]
     else:
@@ -131,7 +134,7 @@ def split_sequences(sequences, data_args, block_size, tokens=None):
         held_out = held_out_count(len(train), data_args.validation_split_percentage)
         evaluation = train.select(range(len(train) - held_out, len(train)))
         train = train.select(range(len(train) - held_out))
-    if data_args.max_train_samples is not None:
+    if data_args.max_train_samples is not None and train is not None:
         train = train.select(range(min(len(train), data_args.max_train_samples)))
     if data_args.max_eval_samples is not None:
         evaluation = evaluation.select(range(min(len(evaluation), data_args.max_eval_samples)))

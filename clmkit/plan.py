@@ -744,8 +744,10 @@ class Plan:
             f", in each of {s.ranks} workers" if s.ranks > 1 else "")
 
 
-def describe_run(n_params, config, training_args, block_size, world_size, n_train_sequences):
-    """The lines printed once the data is loaded and the model built (the plan came before them)."""
+def describe_run(n_params, config, training_args, block_size, world_size, n_train_sequences,
+                 n_eval_sequences=0):
+    """The lines printed once the data is loaded and the model built (the plan came before them).
+    n_train_sequences is None for a run that only evaluates."""
     micro = training_args.per_device_train_batch_size
     accumulation = training_args.gradient_accumulation_steps
     sequences_per_step = micro * accumulation * world_size
@@ -755,9 +757,13 @@ def describe_run(n_params, config, training_args, block_size, world_size, n_trai
     engine = setup_from_args(training_args, block_size, read_deepspeed_config(training_args.deepspeed)).engine
     size = f"{n_params / 1e9:.2f}B" if n_params >= 1e8 else f"{n_params / 1e6:.2f}M"
     _, nodes, _ = _local_ranks()
+    model_line = (f"model:       {size} parameters, {precision}, {engine}, "
+                  f"gradient checkpointing {'on' if training_args.gradient_checkpointing else 'off'}")
+    if n_train_sequences is None:  # only evaluating
+        return "\n".join([model_line, f"data:        {n_eval_sequences:,} evaluation sequences of {block_size} tokens; "
+                                       f"results in {training_args.output_dir}"])
     return "\n".join([
-        f"model:       {size} parameters, {precision}, {engine}, "
-        f"gradient checkpointing {'on' if training_args.gradient_checkpointing else 'off'}",
+        model_line,
         f"batch:       {batch_text(micro, accumulation, world_size, block_size, training_args.use_cpu, nodes)}",
         f"data:        {n_train_sequences:,} training sequences of {block_size} tokens = "
         f"{max(1, n_train_sequences // sequences_per_step):,} steps per epoch",
