@@ -205,7 +205,31 @@ def parse_args(argv=None):
         raise UsageError(*training_flag_problems(err, parser, argv)) from None
     if unknown:
         raise UsageError(f"unknown flag(s): {' '.join(unknown)}; see `python run_clm.py --help`")
+    if _evaluation_only_under_zero_1_or_2(training_args):
+        if first_process():
+            print("notice: --do_eval without --do_train: evaluating without DeepSpeed (ZeRO has an evaluation-only "
+                  "mode for stage 3 alone; the 16-bit or fp32 weights fit the GPU without it)", file=sys.stderr)
+        return parse_args(_without_flag(argv, "--deepspeed"))
     return model_args, data_args, training_args
+
+
+def _evaluation_only_under_zero_1_or_2(training_args):
+    """The Trainer refuses to evaluate under ZeRO stage 1 or 2 unless it trained first in the same run."""
+    return (training_args.deepspeed and training_args.do_eval and not training_args.do_train
+            and not training_args.hf_deepspeed_config.is_zero3())
+
+
+def _without_flag(argv, name):
+    """argv less one flag and its value (`--flag value` or `--flag=value`)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(name + "="):
+            out.append(arg)
+    return out
 
 
 def _one_line_error(message):
