@@ -140,8 +140,10 @@ def load_model_for_training(model_args, config, tokenizer, training_args=None):
     model = _build_for_training(model_args, config, dtype)
     if fused_gelu:
         config.activation_function = model.config.activation_function = "gelu_new"
-    # A tokenizer with added tokens needs rows for them; never shrink a pretrained embedding.
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+    # A tokenizer with added tokens needs rows for them; never shrink a pretrained embedding. Under ZeRO-3 each
+    # process holds a slice of the weight (its .shape is empty); ds_shape is the whole.
+    weight = model.get_input_embeddings().weight
+    if len(tokenizer) > getattr(weight, "ds_shape", weight.shape)[0]:
         model.resize_token_embeddings(len(tokenizer))
     return model
 

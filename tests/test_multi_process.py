@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 
 import pytest
 import torch
@@ -317,6 +318,48 @@ def test_export_refuses_bad_input_and_overwrites_nothing(two, zero3_bf16, model,
         export(two[0] / "checkpoint-12", tmp_path / "afile")
     assert not (tmp_path / "new").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".export-")]
+
+
+def evaluate_only(processes, model, corpus, out, ds_config=None):
+    """The training command less --do_train: eval_results.json and the run's stderr."""
+    flags = ["--model_name_or_path", model, "--validation_file", corpus / "validation.txt", "--do_eval",
+             "--output_dir", out, "--block_size", BLOCK, "--max_eval_samples", EVAL_SEQUENCES, "--use_cpu",
+             "--report_to", "none"] + (["--deepspeed", os.path.join(REPO, ds_config)] if ds_config else [])
+    launcher = [DEEPSPEED, f"--num_gpus={processes}", f"--master_port={free_port()}"] if ds_config else [sys.executable]
+    result = run([*launcher, os.path.join(REPO, "run_clm.py"), *map(str, flags)], env=THREADS)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with open(out / "eval_results.json") as f:
+        evaluated = json.load(f)
+    assert evaluated["eval_samples"] == EVAL_SEQUENCES
+    return evaluated["eval_loss"], result.stderr
+
+
+def test_evaluating_the_fine_tuned_model_gives_the_loss_the_run_ended_with(two, corpus, tmp_path):
+    """The same command less --do_train, on the model the 2-process run saved. ZeRO-2 has no evaluation-only mode
+    in the Trainer (this stopped with a traceback): the run evaluates without DeepSpeed and says so."""
+    out, _ = two
+    loss, stderr = evaluate_only(2, out, corpus, tmp_path / "eval", "ds_config.json")
+    assert "notice: --do_eval without --do_train: evaluating without DeepSpeed" in stderr
+    assert loss == pytest.approx(history(out)["eval_loss"][STEPS], abs=LOSS_TOLERANCE)
+
+
+def test_zero3_keeps_embedding_rows_beyond_the_tokenizer(two, corpus, tmp_path):
+    """GPT-J has 50,400 embedding rows for 50,257 tokens. Under ZeRO-3 each process holds a slice of the embedding,
+    whose .shape is empty: read as 0 rows, it was 'resized' to the tokenizer's size, cutting the extra rows off and
+    changing the model (its eval loss here moved by 1.6e-2). ZeRO-3's evaluation of such a model equals a plain
+    one."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    padded = tmp_path / "padded"
+    tokenizer = AutoTokenizer.from_pretrained(two[0])
+    model = AutoModelForCausalLM.from_pretrained(two[0])
+    model.resize_token_embeddings(len(tokenizer) + 12)
+    model.save_pretrained(padded)
+    tokenizer.save_pretrained(padded)
+    plain, _ = evaluate_only(1, padded, corpus, tmp_path / "plain")
+    zero3, stderr = evaluate_only(2, padded, corpus, tmp_path / "zero3", "ds_config_zero3.json")
+    assert "without DeepSpeed" not in stderr
+    assert zero3 == pytest.approx(plain, abs=LOSS_TOLERANCE)
 
 
 # ---------------------------------------------------------------- what a run leaves on the machine
