@@ -100,7 +100,10 @@ def load_model(model_args, config, tokenizer, training_args):
 
     from clmkit.cpucomm import start_deepspeed_comm_on_cpu
     from clmkit.loading import load_model_for_training
+    from clmkit.resilience import clear_stale_build_locks
 
+    if training_args.deepspeed:
+        clear_stale_build_locks()  # else a run killed while DeepSpeed built its CPU Adam blocks every rerun
     start_deepspeed_comm_on_cpu(training_args)  # ZeRO-3 partitions the model as it is built
     set_seed(training_args.seed)  # a model built from a config draws its weights now: the same --seed, the same init
     return load_model_for_training(model_args, config, tokenizer, training_args)

@@ -1,6 +1,8 @@
-"""Surviving pre-emption: checkpoint on SIGTERM/SIGINT, time checkpoint writes, and replace the final
-model file by file atomically."""
+"""Surviving pre-emption: checkpoint on SIGTERM/SIGINT, time checkpoint writes, replace the final model file by
+file atomically, and clear the build lock a killed run leaves."""
 
+import contextlib
+import glob
 import os
 import shutil
 import signal
@@ -8,6 +10,11 @@ import sys
 import time
 
 from transformers import Trainer, TrainerCallback
+
+from .errors import first_process
+
+# A lock younger than this may belong to a build that is only starting (ninja not yet running).
+STALE_LOCK_SECONDS = 30
 
 
 
@@ -137,3 +144,30 @@ def save_final_model(trainer, output_dir):
             os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
         os.rmdir(staging)
     trainer.accelerator.wait_for_everyone()
+
+
+def clear_stale_build_locks():
+    """torch builds DeepSpeed's CPU ops (CPU Adam) the first time they are used, in its extensions folder, holding
+    a `lock` file there; every later run takes the lock too, even to find the build done. A run killed while
+    building (SIGKILL, power loss, a pre-empted machine) leaves the lock behind, and every later run then waits on it
+    forever, printing nothing. A lock is stale when it is older than STALE_LOCK_SECONDS and no process works in its
+    folder (ninja and the compiler run there)."""
+    import psutil
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
+    locks = glob.glob(os.path.join(root, "*", "*", "lock"))
+    if not locks:
+        return
+    working_in = {p.info["cwd"] for p in psutil.process_iter(["cwd"]) if p.info.get("cwd")}
+    for lock in locks:
+        folder = os.path.dirname(lock)
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - os.path.getmtime(lock) < STALE_LOCK_SECONDS:
+                continue
+            if any(cwd == folder or cwd.startswith(folder + os.sep) for cwd in working_in):
+                continue
+            os.remove(lock)
+            if first_process():
+                print(f"notice: removed {lock}, left by a build of {os.path.basename(folder)} that was killed; "
+                      "it is built again now", file=sys.stderr, flush=True)

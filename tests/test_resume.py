@@ -4,11 +4,13 @@ Exact equality holds on CPU in full precision: the Trainer restores weights, opt
 the data position, so the arithmetic after resume is the same arithmetic.
 """
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from safetensors.torch import load_file
@@ -146,3 +148,49 @@ def test_fresh_start_keeps_the_earlier_run_until_it_finishes(setup, tiny_model, 
     run_to_end(cmd + ["--overwrite_output_dir"])
     assert (out / "trainer_state.json").is_file()
     assert not [p for p in out.iterdir() if p.name.startswith("previous-run-")]
+
+
+# ---------------------------------------------------------------- a build killed half-way
+
+
+def test_a_rerun_clears_the_build_lock_a_killed_run_left(tiny_model, corpus, tmp_path):
+    """A run killed while torch built DeepSpeed's CPU Adam leaves `lock` in the build folder. torch takes that lock
+    on every run, even when the build is done, and waited on it forever without a word. The rerun removes it, says
+    so, and trains."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    lock = os.path.join(_get_build_directory("cpu_adam", verbose=False), "lock")
+    open(lock, "w").close()
+    killed_at = time.time() - 600
+    os.utime(lock, (killed_at, killed_at))
+    try:
+        out = run_to_end(command(tiny_model, corpus, tmp_path / "out", use_deepspeed=True))
+        assert f"notice: removed {lock}, left by a build of cpu_adam that was killed" in out
+        assert os.path.isfile(tmp_path / "out" / "model.safetensors")
+    finally:  # never leave this test's lock to hang the runs after it
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.getmtime(lock) == killed_at:
+                os.remove(lock)
+
+
+def test_a_build_lock_in_use_is_kept(tmp_path, monkeypatch):
+    """Only a lock nobody holds goes: not one a build has just taken, nor an old one whose folder a process (ninja,
+    the compiler) is working in."""
+    from clmkit.resilience import clear_stale_build_locks
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    locks = {}
+    for name, age in (("left", 600), ("just_taken", 0), ("building", 600)):
+        folder = tmp_path / "py_cpu" / name
+        folder.mkdir(parents=True)
+        locks[name] = folder / "lock"
+        locks[name].touch()
+        os.utime(locks[name], (time.time() - age, time.time() - age))
+    compiler = subprocess.Popen(["sleep", "60"], cwd=tmp_path / "py_cpu" / "building")
+    try:
+        clear_stale_build_locks()
+    finally:
+        compiler.kill()
+        compiler.wait()
+    assert {name: lock.exists() for name, lock in locks.items()} == {"left": False, "just_taken": True,
+                                                                     "building": True}
