@@ -1,6 +1,7 @@
 """Command-line arguments of run_clm.py: model, data and training flags, or one JSON file of them."""
 
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Optional
@@ -192,8 +193,8 @@ def parse_args(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser((ModelArguments, DataArguments, ClmTrainingArguments))
     parser.error = _one_line_error  # argparse would print the whole usage (hundreds of flags) first
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return _parse_json_file(argv[0])
+    if argv and argv[-1].endswith(".json") and _launcher_flags_only(argv[:-1]):
+        return _parse_json_file(argv[-1], launcher_flags=argv[:-1])
     argv = translate_legacy_flags(argv)
     try:
         model_args, data_args, training_args, unknown = parser.parse_args_into_dataclasses(
@@ -236,10 +237,18 @@ def _one_line_error(message):
     raise UsageError(f"{message}; see `python run_clm.py --help`")
 
 
-def _parse_json_file(path):
+def _launcher_flags_only(argv):
+    """Nothing, or what the deepspeed launcher puts before the script's own arguments: --local_rank=N."""
+    return argv == [] or (len(argv) == 1 and re.fullmatch(r"--local_rank=\d+", argv[0]) is not None) or \
+        (len(argv) == 2 and argv[0] == "--local_rank" and argv[1].isdigit())
+
+
+def _parse_json_file(path, launcher_flags=()):
     values = read_json_object(path, "", "give one JSON object of flag names and values, or the flags themselves")
-    argv = []
+    argv = list(launcher_flags)
     for key, value in values.items():
+        if value is None:  # null: the flag's default
+            continue
         argv.append(f"--{key}")
         if isinstance(value, list):
             argv += [str(v) for v in value]

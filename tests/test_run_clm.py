@@ -141,14 +141,21 @@ def test_classic_command_line(tiny_model, corpus, tmp_path):
     assert (out / "model.safetensors").is_file()
 
 
-def test_arguments_from_a_json_file(tiny_model, corpus, tmp_path):
+@pytest.mark.parametrize("launcher", ["python", "deepspeed"])
+def test_arguments_from_a_json_file(launcher, tiny_model, corpus, tmp_path):
+    """`python run_clm.py args.json`, and the README's `deepspeed --num_gpus=1 run_clm.py args.json` (the launcher
+    puts --local_rank=0 before the file). A null value is the flag's default, not the text "None"."""
     out = tmp_path / "fromjson"
     args = {"model_name_or_path": str(tiny_model), "train_file": str(corpus / "train.txt"),
             "do_train": True, "output_dir": str(out), "block_size": 64, "max_steps": 3, "use_cpu": True,
-            "save_strategy": "no", "report_to": ["none"]}
+            "save_strategy": "no", "report_to": ["none"], "tokenizer_name": None, "max_train_samples": None}
+    if launcher == "deepspeed":
+        args["deepspeed"] = os.path.join(REPO, "ds_config.json")
     (tmp_path / "args.json").write_text(json.dumps(args))
-    result = python("run_clm.py", tmp_path / "args.json")
+    run_it = deepspeed_run if launcher == "deepspeed" else lambda *a: python("run_clm.py", *a)
+    result = run_it(tmp_path / "args.json")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert ("DeepSpeed ZeRO-2" in result.stdout) == (launcher == "deepspeed")
     with open(out / "trainer_state.json") as f:
         assert json.load(f)["global_step"] == 3
 
