@@ -74,6 +74,8 @@ def flag_problems(model_args, data_args, training_args):
         problems.append(f"--validation_split_percentage {pct}: must be 0 to 99 (the share of --train_file held out "
                         "for evaluation); or give --validation_file")
     problems += optimizer_package_problems(str(getattr(training_args.optim, "value", training_args.optim)))
+    problems += number_problems({**vars(data_args), **vars(training_args)})
+    problems += dtype_problems(model_args, training_args)
     train, validation = data_args.train_file, data_args.validation_file
     if train and validation and builder_for(train) and builder_for(validation) \
             and builder_for(train) != builder_for(validation):
@@ -86,6 +88,60 @@ def flag_problems(model_args, data_args, training_args):
 OPTIMIZER_PACKAGES = {"adamw_torch_4bit": "torchao", "adamw_torch_8bit": "torchao", "adamw_bnb_8bit": "bitsandbytes",
                       "adamw_8bit": "bitsandbytes", "paged_adamw_8bit": "bitsandbytes",
                       "paged_adamw_32bit": "bitsandbytes", "lion_8bit": "bitsandbytes"}
+
+
+# Numbers the Trainer would take and then fail on, some only after training (an eval batch of 0), some silently
+# (--max_steps -5 trains the epochs instead): (flag, what it must be, test, the value to go on checking with).
+NUMBER_RULES = [
+    ("per_device_train_batch_size", "at least 1", lambda v: v >= 1, 8),
+    ("per_device_eval_batch_size", "at least 1", lambda v: v >= 1, 8),
+    ("gradient_accumulation_steps", "at least 1", lambda v: v >= 1, 1),
+    ("max_train_samples", "at least 1, or left out for all", lambda v: v is None or v >= 1, None),
+    ("max_eval_samples", "at least 1, or left out for all", lambda v: v is None or v >= 1, None),
+    ("learning_rate", "0 or more", lambda v: v >= 0, 5e-5),
+    ("warmup_steps", "0 or more", lambda v: v >= 0, 0),
+    ("seed", "0 to 4294967295", lambda v: 0 <= v < 2**32, 42),
+    ("max_steps", "at least 1, or -1 to train --num_train_epochs", lambda v: v == -1 or v >= 1, -1),
+    ("num_train_epochs", "more than 0", lambda v: v > 0, 3.0),
+    ("save_steps", "more than 0 (--save_strategy no saves no checkpoints)", lambda v: v > 0, 500),
+    ("eval_steps", "more than 0, or left out for --logging_steps", lambda v: v is None or v > 0, None),
+    ("logging_steps", "more than 0", lambda v: v > 0, 500),
+]
+
+
+def number_problems(values):
+    """One line for each number flag out of range; `values`: the parsed flags by name."""
+    problems = []
+    for name, wanted, fits, _ in NUMBER_RULES:
+        if name not in values:
+            continue
+        value = values[name]
+        if name == "num_train_epochs" and values.get("max_steps", -1) > 0:
+            continue  # --max_steps decides
+        if not fits(value):
+            problems.append(f"--{name} {value:g}: must be {wanted}" if isinstance(value, float) else
+                            f"--{name} {value}: must be {wanted}")
+    return problems
+
+
+def numbers_set_aside(values):
+    """The out-of-range number flags with a value to go on checking the rest with."""
+    problems = number_problems(values)
+    return {name: default for name, _, _, default in NUMBER_RULES
+            if any(p.startswith(f"--{name} ") for p in problems)}
+
+
+def dtype_problems(model_args, training_args):
+    """--dtype and the mixed precision flag must agree: fp16 weights under bf16 autocast (or the reverse) fail on
+    the first forward pass (a mixed-dtype matrix product)."""
+    dtype = getattr(model_args, "dtype", None)
+    clash = {("float16", True, False): "--bf16", ("bfloat16", False, True): "--fp16"}.get(
+        (dtype, bool(training_args.bf16), bool(training_args.fp16)))
+    if clash is None:
+        return []
+    match = "--bf16" if dtype == "bfloat16" else "--fp16"
+    return [f"--dtype {dtype} with {clash}: the weights and the mixed precision disagree; use {match}, "
+            f"or drop --dtype"]
 
 
 def optimizer_package_problems(optim):
@@ -430,10 +486,10 @@ def training_flag_problems(err, parser, argv):
         from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
         unset_hf_deepspeed_config()  # a DeepSpeed config that failed half-way made itself the process-wide one
-    problems, set_aside = [], {}
+    problems, set_aside = number_problems(values), numbers_set_aside(values)  # TrainingArguments refuses some
     precision = machine_precision_problems(values.get("fp16"), values.get("bf16"), values.get("use_cpu"))
     if precision:
-        problems, set_aside = precision, {"fp16": False, "bf16": False}
+        problems, set_aside = problems + precision, dict(set_aside, fp16=False, bf16=False)
     refused = deepspeed_file_problems(values["deepspeed"]) if values.get("deepspeed") else []
     if refused:
         problems, set_aside = problems + refused, dict(set_aside, deepspeed=None)
@@ -441,7 +497,7 @@ def training_flag_problems(err, parser, argv):
         model_args, data_args, training_args = _build(parser, values, **set_aside)
     except ValueError as still:  # not (only) what we blamed
         return problems + [f"invalid training flags: {' '.join(str(still).split())}"]
-    problems += find_problems(model_args, data_args, training_args)[0]
+    problems += [p for p in find_problems(model_args, data_args, training_args)[0] if p not in problems]
     return problems or [f"invalid training flags: {' '.join(str(err).split())}"]
 
 

@@ -147,6 +147,17 @@ CASES = [
       ("--deepspeed", "{w}/mismatch_ds.json", '"fp16.enabled" is true', "--fp16 is not given", '"auto"'),
       ("--deepspeed", "{w}/mismatch_ds.json", '"optimizer.params.lr" is 0.01', "--learning_rate is 0.0001")],
      {}, []),
+    # Numbers the Trainer took and failed on later (an eval batch of 0 after the whole training), or silently
+    # (--max_steps -5 trained the epochs); --warmup_steps -1 TrainingArguments refuses while parsing.
+    ("numbers-out-of-range", ["--per_device_eval_batch_size", "0", "--max_eval_samples", "0",
+                              "--gradient_accumulation_steps", "0", "--learning_rate", "-1", "--warmup_steps", "-1", "--max_steps", "-5", "--seed",
+                              "-1", "--save_steps", "0"],
+     [("--per_device_eval_batch_size 0", "at least 1"), ("--max_eval_samples 0", "at least 1"),
+      ("--gradient_accumulation_steps 0", "at least 1"), ("--learning_rate -1", "0 or more"),
+      ("--warmup_steps -1", "0 or more"), ("--max_steps -5", "-1 to train --num_train_epochs"),
+      ("--seed -1", "0 to 4294967295"), ("--save_steps 0", "--save_strategy no")], {}, []),
+    ("dtype-contradicts-precision", ["--dtype", "float16", "--bf16"],
+     [("--dtype float16 with --bf16", "use --fp16, or drop --dtype")], {}, []),
     ("fp16-on-cpu", ["--fp16"],
      [("--fp16", "fp16 needs a CUDA GPU", "on CPU use --bf16 or no precision flag")], {}, []),
     ("output-dir-is-a-file", ["--output_dir", "{w}/afile"],
