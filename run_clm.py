@@ -32,6 +32,9 @@ def main(argv=None):
         if first_process():
             print(plan.report(), flush=True)
         return
+    if training_args.do_train and already_finished(training_args):  # a rerun of a finished command
+        leave_process_group(training_args)
+        return
     train_set, eval_set = load_data(data_args, model_args, training_args, tokenizer, block_size)
     model = load_model(model_args, config, tokenizer, training_args)
     trainer = build_trainer(model, tokenizer, training_args, block_size, train_set, eval_set)
@@ -81,6 +84,17 @@ def resolve_warmup(training_args):
         training_args.warmup_steps = 1
         if first_process():
             print("notice: no --warmup_steps given; the DeepSpeed scheduler warms up over its minimum of 2 steps")
+
+
+def already_finished(training_args):
+    from clmkit.checkpoints import finished_at
+
+    step = finished_at(training_args)
+    if step is not None and first_process():
+        print(f"already finished at step {step}: the model and results in {training_args.output_dir} are left as "
+              "they are; raise --max_steps or --num_train_epochs to train on, or add --overwrite_output_dir to "
+              "start again", flush=True)
+    return step is not None
 
 
 def load_data(data_args, model_args, training_args, tokenizer, block_size):

@@ -88,6 +88,32 @@ def resume_point(training_args):
     return newest
 
 
+def finished_at(training_args):
+    """The step a finished run ended at, when rerunning its command has nothing left to do: train_results.json is
+    written (after the final model) and the newest checkpoint reached the run's last step, with the same
+    --max_steps or --num_train_epochs. None when there is training left. (The Trainer, resumed at its last step,
+    would train one step past it and overwrite the results.)"""
+    if training_args.resume_from_checkpoint or training_args.overwrite_output_dir:
+        return None
+    if not os.path.isfile(os.path.join(training_args.output_dir, "train_results.json")):
+        return None
+    checkpoint = newest_complete_checkpoint(training_args.output_dir)
+    if checkpoint is None:
+        return None
+    import json
+
+    with open(os.path.join(checkpoint, "trainer_state.json")) as f:
+        state = json.load(f)
+    if training_args.max_steps > 0:
+        target = training_args.max_steps
+    elif state.get("num_train_epochs") == training_args.num_train_epochs:
+        target = state.get("max_steps", 0)
+    else:
+        return None  # another number of epochs: the Trainer works out the steps
+    step = state.get("global_step", 0)
+    return step if 0 < target <= step else None
+
+
 def delete_replaced_runs(output_dir):
     """Once a fresh run has finished, the runs it replaced (set aside at its start) can go."""
     for name in os.listdir(output_dir):

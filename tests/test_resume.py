@@ -150,6 +150,34 @@ def test_fresh_start_keeps_the_earlier_run_until_it_finishes(setup, tiny_model, 
     assert not [p for p in out.iterdir() if p.name.startswith("previous-run-")]
 
 
+# ---------------------------------------------------------------- a finished run, rerun
+
+
+def contents(folder):
+    """{relative path: file bytes} of everything under folder."""
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize("use_deepspeed", [False, True], ids=["plain", "deepspeed"])
+def test_rerunning_a_finished_command_changes_nothing(use_deepspeed, tiny_model, corpus, tmp_path):
+    """The README's cloud start-up script reruns the command at every boot, also once it has finished. Resumed at
+    its last step, the Trainer trained one step more (under DeepSpeed that changed the weights), wrote a wrong
+    train_loss over the real one, and --save_total_limit then deleted the last real checkpoint. Now the rerun says
+    the run is finished and touches nothing; a higher --max_steps still trains on from the last checkpoint."""
+    out = tmp_path / "out"
+    cmd = command(tiny_model, corpus, out, use_deepspeed)
+    run_to_end(cmd)
+    finished = contents(out)
+    log = run_to_end(cmd)
+    assert f"already finished at step {STEPS}" in log
+    assert contents(out) == finished
+    longer = list(cmd)
+    longer[longer.index("--max_steps") + 1] = str(STEPS + SAVE_EVERY)
+    log = run_to_end(longer)
+    assert f"resuming from {out}/checkpoint-{STEPS}" in log
+    assert final_state(out)[0] == STEPS + SAVE_EVERY
+
+
 # ---------------------------------------------------------------- a build killed half-way
 
 
