@@ -106,7 +106,8 @@ def load_data(data_args, model_args, training_args, tokenizer, block_size):
         raw, column = load_raw_texts(data_args, cache_dir=model_args.cache_dir, training=training_args.do_train)
     tokens = tokenize_texts(raw, column, tokenizer, data_args, training_args)
     sequences = make_sequences(tokens, tokenizer, block_size, data_args, training_args)
-    return split_sequences(sequences, data_args, block_size, tokens)  # too little text: its token count, a fix
+    # too little text: its token count, a fix
+    return split_sequences(sequences, data_args, block_size, tokens, evaluating=training_args.do_eval)
 
 
 def load_model(model_args, config, tokenizer, training_args):
@@ -158,7 +159,7 @@ def print_plan(model, config, training_args, block_size, train_set, eval_set, tr
         n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3 partitions them
         n_train = len(train_set) if training_args.do_train else None
         print(describe_run(n_params, config, training_args, block_size, training_args.world_size, n_train,
-                           len(eval_set)), flush=True)
+                           len(eval_set) if eval_set is not None else 0), flush=True)
 
 
 def train(trainer, training_args, train_set):

@@ -117,18 +117,22 @@ def pad_examples(batch, block_size, pad_id):
     return out
 
 
-def split_sequences(sequences, data_args, block_size, tokens=None):
-    """Train and eval sets, holding out the last sequences when there is no validation file.
+def split_sequences(sequences, data_args, block_size, tokens=None, evaluating=True):
+    """Train and eval sets, holding out the last sequences when there is no validation file and the run evaluates
+    (without --do_eval nothing is held out, and the eval set is None).
 
     `tokens` (the tokenized documents, before cutting) lets a too-short file be reported with its token count
     and a --block_size that would work."""
-    problems = [too_short(split, data_args, block_size, len(sequences[split]), tokens)
-                for split in sequences if len(sequences[split]) < sequences_needed(split, data_args)]
+    hold_out = evaluating and "validation" not in sequences
+    problems = [too_short(split, data_args, block_size, len(sequences[split]), tokens, hold_out)
+                for split in sequences if len(sequences[split]) < sequences_needed(split, data_args, hold_out)]
     if problems:
         raise UsageError(*problems)
     train = sequences.get("train")  # None when only evaluating on --validation_file
     if "validation" in sequences:
         evaluation = sequences["validation"]
+    elif not hold_out:
+        evaluation = None
     else:
         # The tail, not a random sample: neighbouring blocks of one text would leak into training.
         held_out = held_out_count(len(train), data_args.validation_split_percentage)
@@ -136,7 +140,7 @@ def split_sequences(sequences, data_args, block_size, tokens=None):
         train = train.select(range(len(train) - held_out))
     if data_args.max_train_samples is not None and train is not None:
         train = train.select(range(min(len(train), data_args.max_train_samples)))
-    if data_args.max_eval_samples is not None:
+    if data_args.max_eval_samples is not None and evaluation is not None:
         evaluation = evaluation.select(range(min(len(evaluation), data_args.max_eval_samples)))
     return train, evaluation
 
@@ -145,19 +149,19 @@ def held_out_count(n_sequences, percentage):
     return max(1, math.ceil(n_sequences * percentage / 100))
 
 
-def sequences_needed(split, data_args):
+def sequences_needed(split, data_args, hold_out=True):
     """One, or for a train split that must also give up the evaluation sequences, enough to keep some."""
-    if split == "validation" or data_args.validation_file:
+    if split == "validation" or data_args.validation_file or not hold_out:
         return 1
     return next((n for n in range(2, 10_000) if held_out_count(n, data_args.validation_split_percentage) < n),
                 10_000)
 
 
-def too_short(split, data_args, block_size, have, tokens):
+def too_short(split, data_args, block_size, have, tokens, hold_out=True):
     """One line: how much text the split has, and what would make enough sequences of it."""
     flag, path = ("--validation_file", data_args.validation_file) if split == "validation" else \
         ("--train_file", data_args.train_file)
-    needed = sequences_needed(split, data_args)
+    needed = sequences_needed(split, data_args, hold_out)
     hold_out = f"too few to hold {data_args.validation_split_percentage}% out for evaluation and train on the rest"
     if data_args.separate_examples:
         if have == 0:
