@@ -75,3 +75,18 @@ def test_keep_linebreaks_is_still_accepted(tiny_model, tmp_path, flag):
                                 extra=[flag])
     assert raw["train"]["text"] == ["one\ntwo\n"]
 
+
+@pytest.mark.parametrize("flag", ["--no_keep_linebreaks", "--keep_linebreaks=false"])
+def test_dropping_line_breaks_of_a_txt_file_is_refused_with_the_way_to_do_it(tmp_path, flag):
+    """It used to make each line an example without its line break; ignoring it now would train on something
+    else than asked."""
+    from clmkit.args import parse_args
+    from clmkit.checks import flag_problems
+
+    def problems(train):
+        args = parse_args(["--output_dir", str(tmp_path), "--do_train", "--train_file", str(train), flag])
+        return [line for line in flag_problems(*args) if "linebreaks" in line]
+
+    [line] = problems(tmp_path / "a.txt")
+    assert "keep_linebreaks" in line and "texttocsv.py" in line and "--split line" in line
+    assert problems(tmp_path / "a.csv") == []  # it never did anything to a csv file
