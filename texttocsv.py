@@ -51,8 +51,8 @@ def parse_args(argv):
     )
     parser.add_argument(
         "--from_folder", metavar="DIR", type=Path,
-        help="convert every .txt file directly inside DIR (sorted by name) into ONE csv, "
-        "DIR.csv next to the folder unless --output is given",
+        help="convert every .txt file (.TXT too, any case) directly inside DIR, sorted by name, "
+        "into ONE csv, DIR.csv next to the folder unless --output is given (not inside DIR)",
     )
     parser.add_argument(
         "--output", metavar="CSV", type=Path,
@@ -89,15 +89,12 @@ def plan_jobs(args):
         if args.output_dir is not None and args.output is not None:
             raise InputError("give either --output or --output_dir, not both")
         folder = args.from_folder
-        name = folder.resolve().name + ".csv"
         if args.output is not None:
             output = args.output
         elif args.output_dir is not None:
-            output = args.output_dir / name
-        elif folder.name in ("", "."):  # "." has no name of its own to put beside
-            output = folder.resolve().parent / name
+            output = args.output_dir / (folder.resolve().name + ".csv")
         else:
-            output = folder.parent / name
+            output = folder_csv(folder)
         return [(output, folder_texts(folder))]
 
     if args.output is not None:
@@ -108,6 +105,14 @@ def plan_jobs(args):
     return [(csv_path_for(f, args.output_dir), [f]) for f in files]
 
 
+def folder_csv(folder):
+    """DIR.csv next to the folder."""
+    name = folder.resolve().name + ".csv"
+    if folder.name in ("", "."):  # "." has no name of its own to put beside
+        return folder.resolve().parent / name
+    return folder.parent / name
+
+
 def folder_texts(folder):
     if not folder.exists():
         raise InputError(f"--from_folder {folder}: no such folder; check the path")
@@ -115,7 +120,7 @@ def folder_texts(folder):
         raise InputError(
             f"--from_folder {folder}: is a file, not a folder; name the file "
             f"without --from_folder to convert it")
-    texts = sorted(p for p in folder.iterdir() if p.suffix == ".txt" and p.is_file())
+    texts = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".txt" and p.is_file())
     if not texts:
         raise InputError(
             f"--from_folder {folder}: has no .txt files; put the texts in "
@@ -162,6 +167,11 @@ def check_outputs(jobs, args):
                 f"convert them in separate runs or rename one")
         elif not output.parent.is_dir():
             problems.append(f"{flag}{output}: folder {output.parent} does not exist; create it first")
+        elif args.from_folder is not None and _same_file(output.parent, args.from_folder):
+            # The folder holds the texts, and only them: a csv in it mixes what was made with what it was made of.
+            problems.append(
+                f"{flag}{output}: is inside --from_folder {args.from_folder}, the folder being read; write the "
+                f"csv outside it, e.g. --output {folder_csv(args.from_folder)}")
         elif not os.access(output.parent, os.W_OK):
             problems.append(f"{flag}{output}: folder {output.parent} is not writable; "
                             f"choose another path with {other}")

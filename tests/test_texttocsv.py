@@ -213,3 +213,33 @@ def test_input_is_never_overwritten(tmp_path):
     assert "a.txt" in line and "input" in line
 
     assert (snapshot(tmp_path), snapshot(texts)) == before
+
+
+# ---------------------------------------------------------------- --from_folder
+
+
+def test_from_folder_takes_txt_files_of_any_case(tmp_path):
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "A.TXT").write_text("upper\n", encoding="utf-8")
+    (texts / "b.Txt").write_text("mixed\n", encoding="utf-8")
+    (texts / "c.txt").write_text("lower\n", encoding="utf-8")
+
+    result = run(tmp_path, "--from_folder", "texts")
+
+    assert result.returncode == 0, result.stderr
+    assert rows(tmp_path / "texts.csv") == ["upper\n", "mixed\n", "lower\n"]
+
+
+@pytest.mark.parametrize("where", [["--output", "texts/all.csv"], ["--output", "texts/../texts/all.csv"],
+                                   ["--output_dir", "texts"]])
+def test_from_folder_does_not_write_into_the_folder_it_reads(tmp_path, where):
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "a.txt").write_text("ay\n", encoding="utf-8")
+    before = snapshot(tmp_path), snapshot(texts)
+
+    [line] = error_lines(run(tmp_path, "--from_folder", "texts", *where))
+
+    assert "--from_folder texts" in line and "--output" in line
+    assert (snapshot(tmp_path), snapshot(texts)) == before
