@@ -10,11 +10,13 @@ Usage:
   python texttocsv.py a.txt --output_dir out   out/a.csv
   python texttocsv.py --from_folder texts      texts.csv: one csv from every texts/*.txt
   python texttocsv.py --from_folder texts --output all.csv
+  python texttocsv.py --overwrite              replace csv files that hold something else
 """
 
 import argparse
 import codecs
 import csv
+import io
 import os
 import sys
 import tempfile
@@ -41,7 +43,8 @@ def parse_args(argv):
         epilog="Either name text files (each becomes FILE.csv) or give --from_folder "
         "(all its .txt files, sorted by name, go into one csv); not both. With neither, "
         "train.txt and validation.txt in the current folder are converted. Nothing is "
-        "written unless every input is readable; input files are never overwritten. "
+        "written unless every input is readable; input files are never overwritten, and "
+        "an existing csv only with --overwrite (unless it already holds what would be written). "
         "Exit code 2 means bad input; each problem is printed on one line.",
     )
     parser.add_argument(
@@ -51,8 +54,8 @@ def parse_args(argv):
     )
     parser.add_argument(
         "--from_folder", metavar="DIR", type=Path,
-        help="convert every .txt file directly inside DIR (sorted by name) into ONE csv, "
-        "DIR.csv next to the folder unless --output is given",
+        help="convert every .txt file (.TXT too, any case) directly inside DIR, sorted by name, "
+        "into ONE csv, DIR.csv next to the folder unless --output is given (not inside DIR)",
     )
     parser.add_argument(
         "--output", metavar="CSV", type=Path,
@@ -61,6 +64,11 @@ def parse_args(argv):
     parser.add_argument(
         "--output_dir", metavar="DIR", type=Path,
         help="write the csv files into this existing folder instead of next to the inputs",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="replace a csv that already exists and holds other rows (without it such a csv is "
+        "left alone and nothing is written)",
     )
     parser.add_argument(
         "--split", choices=("file", "line", "paragraph"), default="file",
@@ -89,15 +97,12 @@ def plan_jobs(args):
         if args.output_dir is not None and args.output is not None:
             raise InputError("give either --output or --output_dir, not both")
         folder = args.from_folder
-        name = folder.resolve().name + ".csv"
         if args.output is not None:
             output = args.output
         elif args.output_dir is not None:
-            output = args.output_dir / name
-        elif folder.name in ("", "."):  # "." has no name of its own to put beside
-            output = folder.resolve().parent / name
+            output = args.output_dir / (folder.resolve().name + ".csv")
         else:
-            output = folder.parent / name
+            output = folder_csv(folder)
         return [(output, folder_texts(folder))]
 
     if args.output is not None:
@@ -108,6 +113,14 @@ def plan_jobs(args):
     return [(csv_path_for(f, args.output_dir), [f]) for f in files]
 
 
+def folder_csv(folder):
+    """DIR.csv next to the folder."""
+    name = folder.resolve().name + ".csv"
+    if folder.name in ("", "."):  # "." has no name of its own to put beside
+        return folder.resolve().parent / name
+    return folder.parent / name
+
+
 def folder_texts(folder):
     if not folder.exists():
         raise InputError(f"--from_folder {folder}: no such folder; check the path")
@@ -115,7 +128,7 @@ def folder_texts(folder):
         raise InputError(
             f"--from_folder {folder}: is a file, not a folder; name the file "
             f"without --from_folder to convert it")
-    texts = sorted(p for p in folder.iterdir() if p.suffix == ".txt" and p.is_file())
+    texts = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".txt" and p.is_file())
     if not texts:
         raise InputError(
             f"--from_folder {folder}: has no .txt files; put the texts in "
@@ -162,11 +175,43 @@ def check_outputs(jobs, args):
                 f"convert them in separate runs or rename one")
         elif not output.parent.is_dir():
             problems.append(f"{flag}{output}: folder {output.parent} does not exist; create it first")
+        elif args.from_folder is not None and _same_file(output.parent, args.from_folder):
+            # The folder holds the texts, and only them: a csv in it mixes what was made with what it was made of.
+            problems.append(
+                f"{flag}{output}: is inside --from_folder {args.from_folder}, the folder being read; write the "
+                f"csv outside it, e.g. --output {folder_csv(args.from_folder)}")
         elif not os.access(output.parent, os.W_OK):
             problems.append(f"{flag}{output}: folder {output.parent} is not writable; "
                             f"choose another path with {other}")
         seen.setdefault(key, sources[0])
     return problems
+
+
+def existing_csv_problems(rows_by_output, unread, jobs, args):
+    """Existing csv files this run would change: the user's data, replaced only when --overwrite says so.
+
+    A csv that already holds exactly what would be written (a rerun over the same text) is no problem; one whose
+    inputs could not all be read is left to the run after the fix, which can compare it."""
+    if args.overwrite:
+        return []
+    inputs = [path for _, paths in jobs for path in paths]
+    flag = "--output CSV" if args.from_folder is not None else "--output_dir DIR"
+    problems = []
+    for output, rows in rows_by_output.items():
+        if output in unread or not output.is_file() or any(_same_file(output, p) for p in inputs):
+            continue  # missing, or already reported as an input or a folder by check_outputs
+        if not is_unchanged(output, rows):
+            problems.append(
+                f"{output}: exists and holds other rows than this run would write; give --overwrite to "
+                f"replace it, or write elsewhere with {flag}")
+    return problems
+
+
+def is_unchanged(output, rows):
+    try:
+        return output.is_file() and output.read_bytes() == render_csv(rows).encode("utf-8")
+    except OSError:
+        return False  # unreadable: it cannot be shown to be the same
 
 
 def _same_file(a, b):
@@ -246,8 +291,8 @@ def paragraphs(text):
 
 
 def read_rows(jobs, args):
-    """Rows per output csv, plus every problem found in the inputs."""
-    rows, problems = {}, []
+    """Rows per output csv, every problem found in the inputs, and the outputs with an input not read."""
+    rows, problems, unread = {}, [], set()
     defaulted = not args.files and args.from_folder is None
     for output, sources in jobs:
         rows[output] = []
@@ -256,7 +301,8 @@ def read_rows(jobs, args):
                 rows[output] += split_text(read_text(source, args.encoding, defaulted), args.split)
             except InputError as err:
                 problems.append(str(err))
-    return rows, problems
+                unread.add(output)
+    return rows, problems, unread
 
 
 # ---------------------------------------------------------------- writing
@@ -285,9 +331,7 @@ def stage_csv(output, rows):
         prefix=f".{output.name}.", suffix=".tmp", delete=False)
     try:
         with handle:
-            writer = csv.writer(handle, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
-            writer.writerow(["text"])
-            writer.writerows([row] for row in rows)
+            handle.write(render_csv(rows))
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(handle.name, 0o666 & ~_umask())  # temp files are private (0600) by default
@@ -297,16 +341,26 @@ def stage_csv(output, rows):
     return handle.name
 
 
+def render_csv(rows):
+    """The csv file's text: a `text` header, then one quoted-as-needed cell per row, \n line ends."""
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+    writer.writerow(["text"])
+    writer.writerows([row] for row in rows)
+    return buffer.getvalue()
+
+
 def _umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
-def report(rows_by_output):
+def report(rows_by_output, unchanged=()):
     for output, rows in rows_by_output.items():
         chars = sum(len(row) for row in rows)
-        print(f"{output}: {len(rows):,} row{'s' if len(rows) != 1 else ''}, {chars:,} characters")
+        same = " (the file already held this; left as it was)" if output in unchanged else ""
+        print(f"{output}: {len(rows):,} row{'s' if len(rows) != 1 else ''}, {chars:,} characters{same}")
 
 
 # ---------------------------------------------------------------- main
@@ -328,15 +382,17 @@ def main(argv=None):
     if problems:
         fail(problems)  # no point reading files with an encoding that does not exist
     problems += check_outputs(jobs, args)
-    rows_by_output, read_problems = read_rows(jobs, args)
+    rows_by_output, read_problems, unread = read_rows(jobs, args)
     problems += read_problems
+    problems += existing_csv_problems(rows_by_output, unread, jobs, args)
     if problems:
         fail(problems)
+    unchanged = {output for output, rows in rows_by_output.items() if is_unchanged(output, rows)}
     try:
-        write_all(rows_by_output)
+        write_all({output: rows for output, rows in rows_by_output.items() if output not in unchanged})
     except OSError as err:
         fail([f"{err.filename or 'output'}: cannot write it ({err.strerror})"])
-    report(rows_by_output)
+    report(rows_by_output, unchanged)
 
 
 if __name__ == "__main__":

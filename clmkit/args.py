@@ -100,7 +100,11 @@ class DataArguments:
         default=None, metadata={"help": "Keep only the first N evaluation sequences."}
     )
     keep_linebreaks: bool = field(
-        default=True, metadata={"help": "Keep line breaks when reading .txt files."}
+        default=True,
+        metadata={"help": "No effect, kept so older command lines still run: a .txt file is always read whole, as "
+                          "one example with its line breaks (the row texttocsv.py makes of it). "
+                          "--no_keep_linebreaks with a .txt file is refused; for one example per line, convert "
+                          "with texttocsv.py --split line."},
     )
     overwrite_cache: bool = field(
         default=False, metadata={"help": "Tokenize again instead of reusing the cached datasets."}

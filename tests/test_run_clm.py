@@ -90,8 +90,11 @@ def test_separate_examples_masks_padding(tiny_model, corpus, tmp_path):
     """Each line on its own, padded to the block: padding never counts in the loss."""
     lines = [line for line in (corpus / "train.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
     (tmp_path / "lines.txt").write_text("\n".join(lines[:400]), encoding="utf-8")
+    # A .txt file is one example; a csv with one row per line makes each line one.
+    converted = python("texttocsv.py", "lines.txt", "--split", "line", cwd=tmp_path)
+    assert converted.returncode == 0, converted.stderr
     out = tmp_path / "separate"
-    result = python("run_clm.py", "--model_name_or_path", tiny_model, "--train_file", tmp_path / "lines.txt",
+    result = python("run_clm.py", "--model_name_or_path", tiny_model, "--train_file", tmp_path / "lines.csv",
                     "--do_train", "--do_eval", "--separate_examples", "--block_size", 32, "--output_dir", out,
                     "--per_device_train_batch_size", 16, "--max_steps", 20, "--learning_rate", 2e-3,
                     "--logging_steps", 5, "--use_cpu", "--save_strategy", "no")

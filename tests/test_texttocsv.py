@@ -136,7 +136,8 @@ def test_bad_byte_names_file_and_offset_and_writes_nothing(tmp_path):
     assert "bad.txt" in line and "byte offset 3" in line and "--encoding" in line
     assert snapshot(tmp_path) == before  # old csv untouched, no temp files left
 
-    assert run(tmp_path, "bad.txt", "--encoding", "latin-1").returncode == 0
+    # bad.csv holds other rows: replacing them takes --overwrite
+    assert run(tmp_path, "bad.txt", "--encoding", "latin-1", "--overwrite").returncode == 0
     assert rows(tmp_path / "bad.csv") == ["abc\xff"]
 
 
@@ -212,4 +213,93 @@ def test_input_is_never_overwritten(tmp_path):
     [line] = error_lines(run(tmp_path, "--from_folder", "texts", "--output", "texts/a.txt"))
     assert "a.txt" in line and "input" in line
 
+    assert (snapshot(tmp_path), snapshot(texts)) == before
+
+
+# ---------------------------------------------------------------- existing csv files
+
+
+def test_an_existing_csv_with_other_content_is_not_overwritten(tmp_path):
+    (tmp_path / "train.txt").write_text(POEM, encoding="utf-8")
+    (tmp_path / "validation.txt").write_text(POEM, encoding="utf-8")
+    (tmp_path / "train.csv").write_text("text\nmy own rows, made by hand\n", encoding="utf-8")
+    before = snapshot(tmp_path)
+
+    [line] = error_lines(run(tmp_path))
+
+    assert line.startswith("texttocsv.py: error: train.csv")
+    assert "--overwrite" in line and "--output_dir" in line
+    assert snapshot(tmp_path) == before  # validation.csv not written either: nothing or everything
+
+    result = run(tmp_path, "--overwrite")
+    assert result.returncode == 0, result.stderr
+    assert rows(tmp_path / "train.csv") == [POEM] and rows(tmp_path / "validation.csv") == [POEM]
+
+
+def test_rerunning_with_the_same_input_is_fine(tmp_path):
+    """The README's first step reruns texttocsv.py over the csv files it made (the repository ships them)."""
+    (tmp_path / "train.txt").write_text(POEM * 2, encoding="utf-8")
+    (tmp_path / "validation.txt").write_text(POEM, encoding="utf-8")
+    assert run(tmp_path).returncode == 0
+    made = snapshot(tmp_path)
+
+    again = run(tmp_path)
+
+    assert again.returncode == 0, again.stderr
+    assert snapshot(tmp_path) == made
+
+
+def test_the_shipped_csv_files_are_what_texttocsv_makes(tmp_path):
+    repo = SCRIPT.parent
+    for name in ("train", "validation"):
+        (tmp_path / f"{name}.txt").write_bytes((repo / f"{name}.txt").read_bytes())
+        (tmp_path / f"{name}.csv").write_bytes((repo / f"{name}.csv").read_bytes())
+    before = snapshot(tmp_path)
+
+    result = run(tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert snapshot(tmp_path) == before
+
+
+def test_an_existing_from_folder_csv_names_output_in_the_fix(tmp_path):
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "a.txt").write_text("ay\n", encoding="utf-8")
+    (tmp_path / "texts.csv").write_text("text\nsomething else\n", encoding="utf-8")
+    before = snapshot(tmp_path)
+
+    [line] = error_lines(run(tmp_path, "--from_folder", "texts"))
+
+    assert "texts.csv" in line and "--overwrite" in line and "--output " in line
+    assert snapshot(tmp_path) == before
+
+
+# ---------------------------------------------------------------- --from_folder
+
+
+def test_from_folder_takes_txt_files_of_any_case(tmp_path):
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "A.TXT").write_text("upper\n", encoding="utf-8")
+    (texts / "b.Txt").write_text("mixed\n", encoding="utf-8")
+    (texts / "c.txt").write_text("lower\n", encoding="utf-8")
+
+    result = run(tmp_path, "--from_folder", "texts")
+
+    assert result.returncode == 0, result.stderr
+    assert rows(tmp_path / "texts.csv") == ["upper\n", "mixed\n", "lower\n"]
+
+
+@pytest.mark.parametrize("where", [["--output", "texts/all.csv"], ["--output", "texts/../texts/all.csv"],
+                                   ["--output_dir", "texts"]])
+def test_from_folder_does_not_write_into_the_folder_it_reads(tmp_path, where):
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "a.txt").write_text("ay\n", encoding="utf-8")
+    before = snapshot(tmp_path), snapshot(texts)
+
+    [line] = error_lines(run(tmp_path, "--from_folder", "texts", *where))
+
+    assert "--from_folder texts" in line and "--output" in line
     assert (snapshot(tmp_path), snapshot(texts)) == before
