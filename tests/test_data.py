@@ -90,3 +90,20 @@ def test_dropping_line_breaks_of_a_txt_file_is_refused_with_the_way_to_do_it(tmp
     [line] = problems(tmp_path / "a.txt")
     assert "keep_linebreaks" in line and "texttocsv.py" in line and "--split line" in line
     assert problems(tmp_path / "a.csv") == []  # it never did anything to a csv file
+
+
+def test_text_is_held_out_only_for_a_run_that_evaluates():
+    """Without a validation file the tail of the training text is the eval set, but only when there is an
+    evaluation: a --do_train run without --do_eval set 5% of its text aside and never used it."""
+    from datasets import Dataset, DatasetDict
+
+    from clmkit.args import parse_args
+    from clmkit.data import split_sequences
+
+    _, data_args, _ = parse_args(["--output_dir", "unused", "--do_train", "--train_file", "train.txt"])
+    sequences = DatasetDict({"train": Dataset.from_dict({"input_ids": [[step] * BLOCK for step in range(40)]})})
+    train, evaluation = split_sequences(sequences, data_args, BLOCK, evaluating=False)
+    assert len(train) == 40 and evaluation is None
+    train, evaluation = split_sequences(sequences, data_args, BLOCK, evaluating=True)
+    assert (len(train), len(evaluation)) == (38, 2)  # 5%: the last two sequences
+    assert evaluation["input_ids"][0][0] == 38
