@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import sys
 
 USAGE_EXIT_CODE = 2
@@ -44,10 +45,14 @@ def first_process() -> bool:
 
 
 def run_cli(main, argv=None) -> None:
-    """Call main(argv); turn a UsageError into 'error: ...' lines on stderr and exit code 2."""
+    """Call main(argv); turn a UsageError into 'error: ...' lines on stderr and exit code 2, and a Ctrl-C that
+    stops at once (the second one during training, or any before it) into one line and exit code 130."""
     try:
         main(argv)
     except UsageError as err:
         for problem in err.problems:
             print(f"error: {problem}", file=sys.stderr, flush=True)
         sys.exit(USAGE_EXIT_CODE)
+    except KeyboardInterrupt:
+        print("\nstopped by Ctrl-C", file=sys.stderr, flush=True)
+        sys.exit(128 + signal.SIGINT)

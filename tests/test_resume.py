@@ -150,6 +150,20 @@ def test_fresh_start_keeps_the_earlier_run_until_it_finishes(setup, tiny_model, 
     assert not [p for p in out.iterdir() if p.name.startswith("previous-run-")]
 
 
+def test_a_second_ctrl_c_stops_at_once_in_one_line(tiny_model, corpus, tmp_path):
+    """The first Ctrl-C asks for a checkpoint at the end of the step; a second one stops at once, as the README
+    says: with exit code 130 and one line, not a KeyboardInterrupt traceback."""
+    proc = run_until_paused(command(tiny_model, corpus, tmp_path / "out", use_deepspeed=False), "step:3")
+    os.killpg(proc.pid, signal.SIGINT)
+    for line in proc.stdout:  # the first is taken: the run goes on to the end of step 4 (about a second here)
+        if "notice: SIGINT received" in line:
+            break
+    os.killpg(proc.pid, signal.SIGINT)
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=60) == 128 + signal.SIGINT
+    assert "stopped by Ctrl-C" in rest and "Traceback" not in rest, rest[-3000:]
+
+
 # ---------------------------------------------------------------- a finished run, rerun
 
 
