@@ -78,6 +78,9 @@ def _map_options(data_args):
 def tokenize_texts(raw, column, tokenizer, data_args, training_args):
     """Each non-empty text as token ids, ending in the end-of-text token."""
     eos = tokenizer.eos_token_id
+    # Whole documents are longer than the model's context on purpose: they are cut into blocks next. Transformers'
+    # warning that such a sequence "will result in indexing errors" would only alarm.
+    tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
 
     def tokenize(batch):
         texts = [t for t in batch[column] if t]
@@ -97,7 +100,26 @@ def make_sequences(tokens, tokenizer, block_size, data_args, training_args):
     else:
         to_sequences = lambda batch: cut_blocks(batch, block_size)  # noqa: E731
     with training_args.main_process_first(desc="making sequences"):
-        return tokens.map(to_sequences, desc=f"Making sequences of {block_size} tokens", **_map_options(data_args))
+        sequences = tokens.map(to_sequences, desc=f"Making sequences of {block_size} tokens",
+                               **_map_options(data_args))
+    if data_args.separate_examples:
+        sequences = report_cut_examples(sequences, block_size, training_args)
+    return sequences
+
+
+def report_cut_examples(sequences, block_size, training_args):
+    """--separate_examples cuts every example to one block: say how much text that leaves unseen (with one csv row
+    per file, almost all of it), then drop pad_examples' count of cut tokens."""
+    for split, dataset in sequences.items():
+        cut = dataset["cut_tokens"]
+        examples_cut = sum(1 for n in cut if n)
+        if examples_cut and training_args.process_index == 0:
+            kept = examples_cut * block_size  # a cut example keeps one whole block
+            print(f"notice: --separate_examples: {examples_cut:,} of {len(dataset):,} {split} examples are longer "
+                  f"than the block of {block_size} tokens and are cut to it; {sum(cut):,} of their "
+                  f"{sum(cut) + kept:,} tokens are never seen (split long texts into rows, e.g. texttocsv.py "
+                  "--split paragraph, or drop --separate_examples)", flush=True)
+    return sequences.remove_columns("cut_tokens")
 
 
 def cut_blocks(batch, block_size):
@@ -110,8 +132,9 @@ def cut_blocks(batch, block_size):
 
 def pad_examples(batch, block_size, pad_id):
     """Each example on its own: truncated, then right-padded; padding is masked out of the loss with -100."""
-    out = {"input_ids": [], "attention_mask": [], "labels": []}
+    out = {"input_ids": [], "attention_mask": [], "labels": [], "cut_tokens": []}
     for ids in batch["input_ids"]:
+        out["cut_tokens"].append(max(0, len(ids) - block_size))
         ids = ids[:block_size]
         pad = block_size - len(ids)
         out["input_ids"].append(ids + [pad_id] * pad)

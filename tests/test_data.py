@@ -107,3 +107,14 @@ def test_text_is_held_out_only_for_a_run_that_evaluates():
     train, evaluation = split_sequences(sequences, data_args, BLOCK, evaluating=True)
     assert (len(train), len(evaluation)) == (38, 2)  # 5%: the last two sequences
     assert evaluation["input_ids"][0][0] == 38
+
+
+def test_separate_examples_says_how_much_text_it_cuts(corpus, tiny_model, tmp_path, capsys):
+    """With one row per file (texttocsv.py's default) --separate_examples keeps one block of each file: it used to
+    drop the rest without a word."""
+    _, tokens, sequences, _ = sequences_of(tmp_path, tiny_model, corpus / "train.txt", extra=["--separate_examples"])
+    total = len(tokens["train"]["input_ids"][0])
+    printed = capsys.readouterr().out
+    assert ("notice: --separate_examples: 1 of 1 train examples are longer than the block of 64 tokens and are cut "
+            f"to it; {total - BLOCK:,} of their {total:,} tokens are never seen") in printed
+    assert sequences["train"].column_names == ["input_ids", "attention_mask", "labels"]
