@@ -159,7 +159,8 @@ def print_plan(model, config, training_args, block_size, train_set, eval_set, tr
         n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3 partitions them
         n_train = len(train_set) if training_args.do_train else None
         print(describe_run(n_params, config, training_args, block_size, training_args.world_size, n_train,
-                           len(eval_set) if eval_set is not None else 0), flush=True)
+                           len(eval_set) if eval_set is not None else 0, next(model.parameters()).dtype),
+              flush=True)
 
 
 def train(trainer, training_args, train_set):

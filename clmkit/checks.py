@@ -139,11 +139,15 @@ def numbers_set_aside(values):
 
 def dtype_problems(model_args, training_args):
     """--dtype and the mixed precision flag must agree: fp16 weights under bf16 autocast (or the reverse) fail on
-    the first forward pass (a mixed-dtype matrix product)."""
+    the first forward pass (a mixed-dtype matrix product). Training fp16 weights needs DeepSpeed's fp32 copy."""
     dtype = getattr(model_args, "dtype", None)
     clash = {("float16", True, False): "--bf16", ("bfloat16", False, True): "--fp16"}.get(
         (dtype, bool(training_args.bf16), bool(training_args.fp16)))
     if clash is None:
+        if dtype == "float16" and training_args.do_train and not training_args.deepspeed:
+            return ["--dtype float16 without --deepspeed: fp16 weights trained with no fp32 copy lose every update "
+                    "smaller than fp16's step; use the bf16 mode (--bf16 --dtype bfloat16, README), or "
+                    "--deepspeed ds_config.json --fp16 (fp32 master weights)"]
         return []
     match = "--bf16" if dtype == "bfloat16" else "--fp16"
     return [f"--dtype {dtype} with {clash}: the weights and the mixed precision disagree; use {match}, "

@@ -156,7 +156,15 @@ class Setup:
     launcher: bool = False  # started by a launcher, whose own process is counted too
     checkpoints: bool = True  # checkpoints hold the optimizer state (not --save_only_model / --save_strategy no)
     load_bytes: int = 4  # bytes a weight takes as loaded on the CPU (fp32 unless --dtype or the checkpoint says)
+    weights: str = "fp32"  # the same as a name: fp32, fp16 or bf16
     optim: str = "adamw_torch"  # --optim: without DeepSpeed, what Adam's state costs on the GPU
+
+    @property
+    def precision_label(self):
+        """--fp16/--bf16 (or fp32); without DeepSpeed, also the weights' own dtype where --dtype makes it 16-bit."""
+        if self.deepspeed or self.weights == "fp32":
+            return self.precision
+        return f"{self.weights} weights" + (f" ({self.precision} autocast)" if self.precision != "fp32" else "")
 
     @property
     def half(self):
@@ -240,20 +248,27 @@ def setup_from_args(training_args, block_size, ds_config=None, model_args=None, 
         nodes=nodes,
         launcher=launcher,
         checkpoints=save_strategy != "no" and not training_args.save_only_model,
-        load_bytes=_load_bytes(model_args, config, training_args),
+        load_bytes=2 if _load_dtype(model_args, config, training_args) != "fp32" else 4,
+        weights=_load_dtype(model_args, config, training_args),
         optim=str(getattr(training_args.optim, "value", training_args.optim)),
     )
 
 
-def _load_bytes(model_args, config, training_args=None):
-    """Bytes a weight takes as loaded, by the loader's own rule (clmkit/loading.py:training_dtype); where that leaves
-    the checkpoint's dtype, a pretrained model's config says it, else fp32."""
+def _load_dtype(model_args, config, training_args=None):
+    """fp32, fp16 or bf16: what a weight is loaded in, by the loader's own rule (clmkit/loading.py:training_dtype);
+    where that leaves the checkpoint's dtype, a pretrained model's config says it, else fp32."""
     from .loading import training_dtype
 
     dtype = training_dtype(model_args, training_args) if model_args is not None else None
     if dtype in (None, "auto") and getattr(model_args, "model_name_or_path", None):
         dtype = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32")
-    return 2 if dtype and ("float16" in str(dtype) or "bfloat16" in str(dtype)) else 4
+    return dtype_name(dtype)
+
+
+def dtype_name(dtype):
+    """torch.bfloat16, "bfloat16", ... -> bf16; fp16 likewise; anything else fp32."""
+    text = str(dtype or "")
+    return "bf16" if "bfloat16" in text else "fp16" if "float16" in text else "fp32"
 
 
 # ---------------------------------------------------------------- the estimate
@@ -652,7 +667,7 @@ class Plan:
         """The lines every run prints before it loads the model."""
         n, m, s = self.needs, self.machine, self.setup
         lines = [
-            f"plan:        {self._params()} parameters, {s.precision}, {s.engine}, {s.micro_batch} x "
+            f"plan:        {self._params()} parameters, {s.precision_label}, {s.engine}, {s.micro_batch} x "
             f"{s.block_size} tokens per micro-batch",
             f"             batch: {s.batch}",
             f"             {self._gpu_line()}",
@@ -671,7 +686,7 @@ class Plan:
         tokens = s.micro_batch * s.block_size
         row = "  {:<22}{:>10}   {}".format
         lines = [
-            f"plan for {shape.model_type}: {shape.n_params:,} parameters ({self._params()}), {s.precision}, "
+            f"plan for {shape.model_type}: {shape.n_params:,} parameters ({self._params()}), {s.precision_label}, "
             f"{s.engine}" + (f" ({s.deepspeed})" if s.deepspeed else ""),
             f"  {s.micro_batch} sequences x {s.block_size} tokens per micro-batch, gradient checkpointing "
             f"{'on' if s.checkpointing else 'off'}" + (f", loss in chunks of {s.chunk_tokens} tokens" if s.chunk_tokens
@@ -705,7 +720,7 @@ class Plan:
         lines += [
             "disk",
             row("per checkpoint", gib(n.disk_checkpoint), what if s.checkpoints else "the weights only"),
-            row("final model", gib(n.disk_weights), f"model.safetensors in {s.precision if s.deepspeed else 'fp32'}"),
+            row("final model", gib(n.disk_weights), f"model.safetensors in {s.precision if s.deepspeed else s.weights}"),
             "this machine",
         ]
         for label, free in m.gpus:
@@ -745,16 +760,17 @@ class Plan:
 
 
 def describe_run(n_params, config, training_args, block_size, world_size, n_train_sequences,
-                 n_eval_sequences=0):
+                 n_eval_sequences=0, weights_dtype=None):
     """The lines printed once the data is loaded and the model built (the plan came before them).
-    n_train_sequences is None for a run that only evaluates."""
+    n_train_sequences is None for a run that only evaluates; weights_dtype: the built model's."""
     micro = training_args.per_device_train_batch_size
     accumulation = training_args.gradient_accumulation_steps
     sequences_per_step = micro * accumulation * world_size
-    precision = "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32"
     from .checks import read_deepspeed_config
 
-    engine = setup_from_args(training_args, block_size, read_deepspeed_config(training_args.deepspeed)).engine
+    setup = setup_from_args(training_args, block_size, read_deepspeed_config(training_args.deepspeed))
+    setup = dataclasses.replace(setup, weights=dtype_name(weights_dtype))
+    precision, engine = setup.precision_label, setup.engine
     size = f"{n_params / 1e9:.2f}B" if n_params >= 1e8 else f"{n_params / 1e6:.2f}M"
     _, nodes, _ = _local_ranks()
     model_line = (f"model:       {size} parameters, {precision}, {engine}, "

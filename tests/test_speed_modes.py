@@ -62,6 +62,8 @@ def test_bf16_weights_with_8bit_adamw_learn_like_fp32_adamw(tiny_model, corpus, 
     result = short_run(tiny_model, corpus, fast, "--dtype", "bfloat16", "--bf16", "--optim", "adamw_torch_8bit",
                        "--optim_args", "bf16_stochastic_round=True", "--chunked_loss", steps=16)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    # what it prints says so (the label looked at --bf16 only, as if the weights were fp32 under autocast)
+    assert "parameters, bf16 weights (bf16 autocast), plain PyTorch" in result.stdout
     reference = tmp_path / "fp32"
     result = short_run(tiny_model, corpus, reference, steps=16)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
