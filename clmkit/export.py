@@ -1,9 +1,10 @@
 """A checkpoint-<step> folder -> a model folder anyone can load: fp32 weights in safetensors, config and tokenizer.
 
 DeepSpeed checkpoints (ZeRO-1/2/3, written by any number of GPUs) keep the fp32 master weights split across their
-optimizer state files; DeepSpeed's zero_to_fp32 joins them. A checkpoint written without DeepSpeed already holds the
-fp32 weights in its model.safetensors. Either way the weights go through the model class's save_pretrained, so tied
-weights, sharding and the config are written the way from_pretrained reads them.
+optimizer state files; DeepSpeed's zero_to_fp32 joins them. A checkpoint written without DeepSpeed holds the weights
+it trained in its model.safetensors: fp32, or bf16 in the bf16 mode (widened to fp32, exactly). Either way the
+weights go through the model class's save_pretrained, so tied weights, sharding and the config are written the way
+from_pretrained reads them.
 """
 
 import os
@@ -47,13 +48,19 @@ def checkpoint_problems(checkpoint):
     elif tag is None and not any(os.path.isfile(os.path.join(checkpoint, name)) for name in WEIGHT_FILES):
         problems.append(f"CHECKPOINT_DIR {checkpoint}: no weights (no DeepSpeed 'latest' file and no "
                         f"{' or '.join(WEIGHT_FILES[::2])}); give a checkpoint-<step> folder written by run_clm.py")
-    elif tag is None and sixteen_bit_weights(checkpoint):
+    elif tag is None and sixteen_bit_weights(checkpoint) and not trained_in_sixteen_bits(checkpoint):
         # A DeepSpeed run's final model, or its --save_only_model checkpoint: the fp32 master weights were never
         # written, and widening 16-bit weights would only pretend to be them.
         problems.append(f"CHECKPOINT_DIR {checkpoint}: holds only 16-bit weights and no DeepSpeed optimizer state, so "
                         "there are no fp32 weights to export (a DeepSpeed run's final model, or --save_only_model); "
                         "from_pretrained loads the folder as it is, or give a checkpoint-<step> folder of a full run")
     return problems
+
+
+def trained_in_sixteen_bits(checkpoint):
+    """A full checkpoint of a run without DeepSpeed whose weights are 16-bit (the bf16 mode, --dtype bfloat16):
+    it has its optimizer state, and those weights are what it trained; there is no fp32 copy anywhere."""
+    return deepspeed_tag(checkpoint) is None and os.path.isfile(os.path.join(checkpoint, "optimizer.pt"))
 
 
 def sixteen_bit_weights(checkpoint):
@@ -114,8 +121,12 @@ def fp32_state_dict(checkpoint):
         return state, f"DeepSpeed's fp32 master weights, joined from {partitions} ZeRO partition(s) in {tag}/"
     from transformers import AutoModelForCausalLM
 
-    # Without DeepSpeed the Trainer keeps fp32 weights (mixed precision only casts the compute), and saves them.
+    # Without DeepSpeed the Trainer saves the weights it trains: fp32 under mixed precision, or 16-bit ones (the
+    # bf16 mode), which widen to fp32 exactly.
     model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    if sixteen_bit_weights(checkpoint):
+        return model.state_dict(), ("the 16-bit weights a run without DeepSpeed trained (it keeps no fp32 copy), "
+                                    "widened to fp32")
     return model.state_dict(), "the fp32 weights of a checkpoint written without DeepSpeed"
 
 

@@ -281,6 +281,22 @@ def test_export_checkpoint_written_without_deepspeed(plain, tmp_path):
     assert_same_weights(out, checkpoint, tolerance=0)
 
 
+def test_export_checkpoint_of_the_bf16_mode(model, corpus, tmp_path):
+    """The bf16 mode trains bf16 weights with no fp32 copy: its full checkpoint exports them widened to fp32, exactly
+    (it was refused as if it were a DeepSpeed run's 16-bit final model)."""
+    out = tmp_path / "bf16"
+    result = python("run_clm.py", "--model_name_or_path", model, "--train_file", corpus / "train.txt", "--do_train",
+                    "--output_dir", out, "--block_size", BLOCK, "--max_steps", 2, "--save_steps", 2, "--use_cpu",
+                    "--report_to", "none", "--bf16", "--dtype", "bfloat16")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    checkpoint = out / "checkpoint-2"
+    assert "widened to fp32" in export(checkpoint, tmp_path / "exported")
+    exported = load_file(tmp_path / "exported" / "model.safetensors")
+    trained = load_file(checkpoint / "model.safetensors")
+    assert all(exported[name].dtype == torch.float32 and exported[name].equal(trained[name].float())
+               for name in trained)
+
+
 def test_export_refuses_bad_input_and_overwrites_nothing(two, zero3_bf16, model, tmp_path):
     from clmkit.errors import UsageError
 
