@@ -183,6 +183,11 @@ def prepare_resume(trainer, checkpoint):
         return
     args = trainer.args
     tag = deepspeed_tag(checkpoint)
+    if tag is None and not os.path.isfile(os.path.join(checkpoint, "optimizer.pt")):
+        # The Trainer would go on with a fresh optimizer and learning-rate schedule (or, under DeepSpeed, fail)
+        raise UsageError(f"{checkpoint}: weights only (--save_only_model), no optimizer state to resume; continue "
+                         f"from its weights as a new run (--model_name_or_path {checkpoint} and another --output_dir), "
+                         "or add --overwrite_output_dir to start from step 0")
     if trainer.is_deepspeed_enabled and tag is None:
         raise UsageError(f"{checkpoint}: written without DeepSpeed, so this --deepspeed run cannot continue it; drop "
                          "--deepspeed to resume it, or add --overwrite_output_dir to start from step 0")

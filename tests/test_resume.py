@@ -164,6 +164,23 @@ def test_a_second_ctrl_c_stops_at_once_in_one_line(tiny_model, corpus, tmp_path)
     assert "stopped by Ctrl-C" in rest and "Traceback" not in rest, rest[-3000:]
 
 
+def test_a_weights_only_checkpoint_is_not_resumed_as_if_whole(tiny_model, corpus, tmp_path):
+    """--save_only_model checkpoints hold no optimizer state: a rerun went on with a fresh optimizer and learning-rate
+    schedule without a word (under DeepSpeed it blamed the checkpoint for being written without DeepSpeed). Now it
+    says what the checkpoint is and how to go on from it, and changes nothing."""
+    out = tmp_path / "out"
+    cmd = command(tiny_model, corpus, out, use_deepspeed=False) + ["--save_only_model"]
+    proc = run_until_paused(cmd, "step:9")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = contents(out)
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"error: {out}/checkpoint-6: weights only (--save_only_model), no optimizer state to resume" in \
+        result.stderr and "--model_name_or_path" in result.stderr and "Traceback" not in result.stderr
+    assert contents(out) == before
+
+
 # ---------------------------------------------------------------- a finished run, rerun
 
 
