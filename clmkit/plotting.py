@@ -27,7 +27,8 @@ def write_loss_plot(log_history, path):
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy loss (nats/token)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if train_x or eval_x:  # a checkpoint before the first logged loss has nothing to label
+        ax.legend()
     # Write beside, then rename: a reader never sees half a picture.
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=100)
