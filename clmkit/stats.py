@@ -67,7 +67,12 @@ class HostMemorySampler:
         import psutil
 
         total = 0
-        for proc in [self.root] + self.root.children(recursive=True):
+        try:
+            tree = [self.root] + self.root.children(recursive=True)
+        except psutil.Error:  # the launcher at the root has gone (killed with its shell): count this process
+            self.root = psutil.Process()
+            tree = [self.root]
+        for proc in tree:
             try:
                 total += proc.memory_info().rss
             except psutil.Error:
