@@ -205,8 +205,7 @@ def leave_process_group(training_args):
 
     from clmkit.cpucomm import release_shared_memory
 
-    if training_args.deepspeed and training_args.use_cpu:
-        release_shared_memory(training_args.process_index)
+    release_shared_memory(training_args)
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

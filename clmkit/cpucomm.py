@@ -12,12 +12,17 @@ from transformers import TrainerCallback
 SHARED_MEMORY_NAME = "/dev/shm/deepspeed_allreduce_buffer_{uid}_{addr}_{port}_{rank}"
 
 
+def deepspeed_on_cpu(training_args):
+    """A --deepspeed run with --use_cpu: DeepSpeed's CPU accelerator, what this module is about."""
+    return bool(training_args.deepspeed and training_args.use_cpu)
+
+
 def start_deepspeed_comm_on_cpu(training_args):
     """With --use_cpu, accelerate starts torch.distributed (gloo) itself and DeepSpeed's own communication layer waits
     for deepspeed.initialize; but ZeRO-3 builds the model inside deepspeed.zero.Init before that, which then counts 1
     process and refuses the batch arithmetic of several. Hand DeepSpeed the process group already there. On GPUs
     accelerate starts DeepSpeed's layer first, and this is never reached."""
-    if not (training_args.deepspeed and training_args.use_cpu and training_args.world_size > 1):
+    if not (deepspeed_on_cpu(training_args) and training_args.world_size > 1):
         return
     import deepspeed
     import torch.distributed as dist
@@ -26,11 +31,14 @@ def start_deepspeed_comm_on_cpu(training_args):
         deepspeed.init_distributed(dist_backend=dist.get_backend())
 
 
-def release_shared_memory(rank):
-    """Unlink this process's all-reduce segment. Its peers must have mapped it already (they do inside DeepSpeed's
-    communication start, before any collective completes); the mappings stay valid until each process ends."""
+def release_shared_memory(training_args):
+    """Unlink this process's all-reduce segment, if a DeepSpeed run on the CPU made one. Its peers must have mapped
+    it already (they do inside DeepSpeed's communication start, before any collective completes); the mappings stay
+    valid until each process ends."""
+    if not deepspeed_on_cpu(training_args):
+        return
     name = SHARED_MEMORY_NAME.format(uid=os.getuid(), addr=os.environ.get("MASTER_ADDR", ""),
-                                     port=os.environ.get("MASTER_PORT", ""), rank=rank)
+                                     port=os.environ.get("MASTER_PORT", ""), rank=training_args.process_index)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(name)
 
@@ -41,10 +49,10 @@ class ReleaseSharedMemory(TrainerCallback):
     runs that only evaluate."""
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if not (args.deepspeed and args.use_cpu):
-            return
+        if not deepspeed_on_cpu(args):
+            return  # no segment, and no barrier to wait at
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
-        release_shared_memory(args.process_index)
+        release_shared_memory(args)
