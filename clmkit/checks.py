@@ -115,26 +115,23 @@ NUMBER_RULES = [
 ]
 
 
-def number_problems(values):
-    """One line for each number flag out of range; `values`: the parsed flags by name."""
-    problems = []
-    for name, wanted, fits, _ in NUMBER_RULES:
+def out_of_range(values):
+    """The NUMBER_RULES that `values` (the parsed flags by name) break: [(name, value, what it must be, default)]."""
+    broken = []
+    for name, wanted, fits, default in NUMBER_RULES:
         if name not in values:
             continue
-        value = values[name]
         if name == "num_train_epochs" and values.get("max_steps", -1) > 0:
             continue  # --max_steps decides
-        if not fits(value):
-            problems.append(f"--{name} {value:g}: must be {wanted}" if isinstance(value, float) else
-                            f"--{name} {value}: must be {wanted}")
-    return problems
+        if not fits(values[name]):
+            broken.append((name, values[name], wanted, default))
+    return broken
 
 
-def numbers_set_aside(values):
-    """The out-of-range number flags with a value to go on checking the rest with."""
-    problems = number_problems(values)
-    return {name: default for name, _, _, default in NUMBER_RULES
-            if any(p.startswith(f"--{name} ") for p in problems)}
+def number_problems(values):
+    """One line for each number flag out of range."""
+    return [f"--{name} {value:g}: must be {wanted}" if isinstance(value, float) else
+            f"--{name} {value}: must be {wanted}" for name, value, wanted, _ in out_of_range(values)]
 
 
 def dtype_problems(model_args, training_args):
@@ -496,7 +493,9 @@ def training_flag_problems(err, parser, argv):
         from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
         unset_hf_deepspeed_config()  # a DeepSpeed config that failed half-way made itself the process-wide one
-    problems, set_aside = number_problems(values), numbers_set_aside(values)  # TrainingArguments refuses some
+    # TrainingArguments refuses some numbers itself: report them, and go on checking with their defaults
+    problems = number_problems(values)
+    set_aside = {name: default for name, _, _, default in out_of_range(values)}
     precision = machine_precision_problems(values.get("fp16"), values.get("bf16"), values.get("use_cpu"))
     if precision:
         problems, set_aside = problems + precision, dict(set_aside, fp16=False, bf16=False)
@@ -507,7 +506,7 @@ def training_flag_problems(err, parser, argv):
         model_args, data_args, training_args = _build(parser, values, **set_aside)
     except ValueError as still:  # not (only) what we blamed
         return problems + [f"invalid training flags: {' '.join(str(still).split())}"]
-    problems += [p for p in find_problems(model_args, data_args, training_args)[0] if p not in problems]
+    problems += find_problems(model_args, data_args, training_args)[0]
     return problems or [f"invalid training flags: {' '.join(str(err).split())}"]
 
 
