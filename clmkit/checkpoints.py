@@ -1,5 +1,6 @@
 """Which checkpoint a run continues from: rerunning the same command resumes, also on another number of GPUs."""
 
+import json
 import os
 import re
 import shutil
@@ -21,6 +22,17 @@ FINAL_FILES = ("config.json", "generation_config.json", "model.safetensors", "mo
 def is_complete(path: str) -> bool:
     """A checkpoint the Trainer finished writing: its trainer_state.json is written last."""
     return os.path.isfile(os.path.join(path, "trainer_state.json"))
+
+
+def trainer_state(checkpoint):
+    """The checkpoint's trainer_state.json: steps, the run's length, the callbacks' records."""
+    with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def weights_only(checkpoint):
+    """A checkpoint with no optimizer state (--save_only_model): no DeepSpeed folder and no optimizer.pt."""
+    return deepspeed_tag(checkpoint) is None and not os.path.isfile(os.path.join(checkpoint, "optimizer.pt"))
 
 
 def checkpoints_in(output_dir: str) -> list[tuple[int, str]]:
@@ -100,10 +112,7 @@ def finished_at(training_args):
     checkpoint = newest_complete_checkpoint(training_args.output_dir)
     if checkpoint is None:
         return None
-    import json
-
-    with open(os.path.join(checkpoint, "trainer_state.json")) as f:
-        state = json.load(f)
+    state = trainer_state(checkpoint)
     if training_args.max_steps > 0:
         target = training_args.max_steps
     elif state.get("num_train_epochs") == training_args.num_train_epochs:
@@ -142,11 +151,7 @@ class RunShape(TrainerCallback, ExportableState):
 
 def saved_run_shape(checkpoint):
     """RunShape's record in the checkpoint, or None (written before it was recorded)."""
-    import json
-
-    with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as f:
-        state = json.load(f)
-    saved = (state.get("stateful_callbacks") or {}).get(RunShape.__name__)
+    saved = (trainer_state(checkpoint).get("stateful_callbacks") or {}).get(RunShape.__name__)
     return saved.get("args") if isinstance(saved, dict) else None
 
 
@@ -183,7 +188,7 @@ def prepare_resume(trainer, checkpoint):
         return
     args = trainer.args
     tag = deepspeed_tag(checkpoint)
-    if tag is None and not os.path.isfile(os.path.join(checkpoint, "optimizer.pt")):
+    if weights_only(checkpoint):
         # The Trainer would go on with a fresh optimizer and learning-rate schedule (or, under DeepSpeed, fail)
         raise UsageError(f"{checkpoint}: weights only (--save_only_model), no optimizer state to resume; continue "
                          f"from its weights as a new run (--model_name_or_path {checkpoint} and another --output_dir), "

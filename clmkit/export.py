@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 
-from .checkpoints import CHECKPOINT_DIR, checkpoints_in, deepspeed_tag, is_complete, zero_files
+from .checkpoints import CHECKPOINT_DIR, checkpoints_in, deepspeed_tag, is_complete, weights_only, zero_files
 from .errors import UsageError, raise_if_any
 from .loading import WEIGHT_FILES
 
@@ -48,19 +48,14 @@ def checkpoint_problems(checkpoint):
     elif tag is None and not any(os.path.isfile(os.path.join(checkpoint, name)) for name in WEIGHT_FILES):
         problems.append(f"CHECKPOINT_DIR {checkpoint}: no weights (no DeepSpeed 'latest' file and no "
                         f"{' or '.join(WEIGHT_FILES[::2])}); give a checkpoint-<step> folder written by run_clm.py")
-    elif tag is None and sixteen_bit_weights(checkpoint) and not trained_in_sixteen_bits(checkpoint):
+    elif weights_only(checkpoint) and sixteen_bit_weights(checkpoint):
         # A DeepSpeed run's final model, or its --save_only_model checkpoint: the fp32 master weights were never
-        # written, and widening 16-bit weights would only pretend to be them.
+        # written, and widening 16-bit weights would only pretend to be them. (A full checkpoint of the bf16 mode
+        # has its optimizer state: its bf16 weights are the ones it trained.)
         problems.append(f"CHECKPOINT_DIR {checkpoint}: holds only 16-bit weights and no DeepSpeed optimizer state, so "
                         "there are no fp32 weights to export (a DeepSpeed run's final model, or --save_only_model); "
                         "from_pretrained loads the folder as it is, or give a checkpoint-<step> folder of a full run")
     return problems
-
-
-def trained_in_sixteen_bits(checkpoint):
-    """A full checkpoint of a run without DeepSpeed whose weights are 16-bit (the bf16 mode, --dtype bfloat16):
-    it has its optimizer state, and those weights are what it trained; there is no fp32 copy anywhere."""
-    return deepspeed_tag(checkpoint) is None and os.path.isfile(os.path.join(checkpoint, "optimizer.pt"))
 
 
 def sixteen_bit_weights(checkpoint):
