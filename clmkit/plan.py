@@ -155,8 +155,7 @@ class Setup:
     nodes: int = 1
     launcher: bool = False  # started by a launcher, whose own process is counted too
     checkpoints: bool = True  # checkpoints hold the optimizer state (not --save_only_model / --save_strategy no)
-    load_bytes: int = 4  # bytes a weight takes as loaded on the CPU (fp32 unless --dtype or the checkpoint says)
-    weights: str = "fp32"  # the same as a name: fp32, fp16 or bf16
+    weights: str = "fp32"  # what a weight is loaded in on the CPU, fp32 unless --dtype or the checkpoint says
     optim: str = "adamw_torch"  # --optim: without DeepSpeed, what Adam's state costs on the GPU
 
     @property
@@ -165,6 +164,10 @@ class Setup:
         if self.deepspeed or self.weights == "fp32":
             return self.precision
         return f"{self.weights} weights" + (f" ({self.precision} autocast)" if self.precision != "fp32" else "")
+
+    @property
+    def load_bytes(self):
+        return 4 if self.weights == "fp32" else 2
 
     @property
     def half(self):
@@ -248,7 +251,6 @@ def setup_from_args(training_args, block_size, ds_config=None, model_args=None, 
         nodes=nodes,
         launcher=launcher,
         checkpoints=save_strategy != "no" and not training_args.save_only_model,
-        load_bytes=2 if _load_dtype(model_args, config, training_args) != "fp32" else 4,
         weights=_load_dtype(model_args, config, training_args),
         optim=str(getattr(training_args.optim, "value", training_args.optim)),
     )

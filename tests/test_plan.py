@@ -194,7 +194,7 @@ def test_plan_for_zero1_and_8bit_adamw_against_the_12_layer_measurements():
     assert estimate(shape, dataclasses.replace(classic, stage=1)).gpu / GiB == pytest.approx(6.9, rel=0.15)
     # no DeepSpeed: bf16 weights, torchao's 8-bit AdamW, chunked loss: 4.6 GiB allocated
     fast = Setup(micro_batch=8, accumulation=2, block_size=1024, precision="bf16", checkpointing=True,
-                 chunk_tokens=2048, load_bytes=2, optim="adamw_torch_8bit")
+                 chunk_tokens=2048, weights="bf16", optim="adamw_torch_8bit")
     assert estimate(shape, fast).gpu / GiB == pytest.approx(4.6, rel=0.15)
 
 
