@@ -187,20 +187,20 @@ def check_outputs(jobs, args):
     return problems
 
 
-def existing_csv_problems(rows_by_output, unread, jobs, args):
+def existing_csv_problems(rows_by_output, unread, unchanged, jobs, args):
     """Existing csv files this run would change: the user's data, replaced only when --overwrite says so.
 
-    A csv that already holds exactly what would be written (a rerun over the same text) is no problem; one whose
-    inputs could not all be read is left to the run after the fix, which can compare it."""
+    A csv that already holds exactly what would be written (`unchanged`: a rerun over the same text) is no problem;
+    one whose inputs could not all be read is left to the run after the fix, which can compare it."""
     if args.overwrite:
         return []
     inputs = [path for _, paths in jobs for path in paths]
     flag = "--output CSV" if args.from_folder is not None else "--output_dir DIR"
     problems = []
-    for output, rows in rows_by_output.items():
+    for output in rows_by_output:
         if output in unread or not output.is_file() or any(_same_file(output, p) for p in inputs):
             continue  # missing, or already reported as an input or a folder by check_outputs
-        if not is_unchanged(output, rows):
+        if output not in unchanged:
             problems.append(
                 f"{output}: exists and holds other rows than this run would write; give --overwrite to "
                 f"replace it, or write elsewhere with {flag}")
@@ -384,10 +384,10 @@ def main(argv=None):
     problems += check_outputs(jobs, args)
     rows_by_output, read_problems, unread = read_rows(jobs, args)
     problems += read_problems
-    problems += existing_csv_problems(rows_by_output, unread, jobs, args)
+    unchanged = {output for output, rows in rows_by_output.items() if is_unchanged(output, rows)}
+    problems += existing_csv_problems(rows_by_output, unread, unchanged, jobs, args)
     if problems:
         fail(problems)
-    unchanged = {output for output, rows in rows_by_output.items() if is_unchanged(output, rows)}
     try:
         write_all({output: rows for output, rows in rows_by_output.items() if output not in unchanged})
     except OSError as err:
