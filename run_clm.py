@@ -207,6 +207,9 @@ def leave_process_group(training_args):
 
     release_shared_memory(training_args)
     if dist.is_available() and dist.is_initialized():
+        # All ranks here before any tears down: rank 0 hosts the rendezvous store the others still talk to
+        # (an evaluation-only run on 2 CPU processes aborted once in CI, "terminate called", after its results).
+        dist.barrier()
         dist.destroy_process_group()
 
 
