@@ -1,5 +1,6 @@
 """Command-line arguments of run_clm.py: model, data and training flags, or one JSON file of them."""
 
+import dataclasses
 import json
 import re
 import sys
@@ -7,8 +8,11 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from transformers import HfArgumentParser, TrainingArguments
+from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-from .errors import UsageError, first_process, read_json_object
+from .checks import deepspeed_file_problems, machine_precision_problems, number_problems, out_of_range
+from .errors import UsageError
+from .machine import first_process, read_json_object
 
 
 @dataclass
@@ -193,21 +197,23 @@ def translate_legacy_flags(argv: list[str]) -> list[str]:
 
 
 def parse_args(argv=None):
-    """Return (model_args, data_args, training_args) from flags or from one .json file."""
+    """(model_args, data_args, training_args, refused) from flags or from one .json file. `refused` holds one line
+    for each flag TrainingArguments itself refused; those flags are set aside (to their defaults) so that the checks
+    can still report every other problem in the same run."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser((ModelArguments, DataArguments, ClmTrainingArguments))
     parser.error = _one_line_error  # argparse would print the whole usage (hundreds of flags) first
     if argv and argv[-1].endswith(".json") and _launcher_flags_only(argv[:-1]):
         return _parse_json_file(argv[-1], launcher_flags=argv[:-1])
     argv = translate_legacy_flags(argv)
+    refused = []
     try:
         model_args, data_args, training_args, unknown = parser.parse_args_into_dataclasses(
             args=argv, return_remaining_strings=True
         )
     except ValueError as err:  # raised by TrainingArguments.__post_init__ on contradictory flags
-        from .checks import training_flag_problems  # our one-line words for it, with the other problems found
-
-        raise UsageError(*training_flag_problems(err, parser, argv)) from None
+        (model_args, data_args, training_args), refused = _set_aside_refused(err, parser, argv)
+        unknown = []
     if unknown:
         raise UsageError(f"unknown flag(s): {' '.join(unknown)}; see `python run_clm.py --help`")
     if _evaluation_only_under_zero_1_or_2(training_args):
@@ -215,7 +221,54 @@ def parse_args(argv=None):
             print("notice: --do_eval without --do_train: evaluating without DeepSpeed (ZeRO has an evaluation-only "
                   "mode for stage 3 alone; the 16-bit or fp32 weights fit the GPU without it)", file=sys.stderr)
         return parse_args(_without_flag(argv, "--deepspeed"))
-    return model_args, data_args, training_args
+    settle_warmup(training_args)
+    return model_args, data_args, training_args, refused
+
+
+def _set_aside_refused(err, parser, argv):
+    """TrainingArguments raised ValueError: say why in our words, and build the arguments again with the flags we
+    blamed set to their defaults. ((model_args, data_args, training_args), problems)."""
+    values = vars(parser.parse_known_args(argv)[0])
+    if values.get("deepspeed"):
+        unset_hf_deepspeed_config()  # a DeepSpeed config that failed half-way made itself the process-wide one
+    problems = number_problems(values)
+    set_aside = {name: default for name, _, _, default in out_of_range(values)}
+    precision = machine_precision_problems(values.get("fp16"), values.get("bf16"), values.get("use_cpu"))
+    if precision:
+        problems, set_aside = problems + precision, dict(set_aside, fp16=False, bf16=False)
+    deepspeed = deepspeed_file_problems(values["deepspeed"]) if values.get("deepspeed") else []
+    if deepspeed:
+        problems, set_aside = problems + deepspeed, dict(set_aside, deepspeed=None)
+    try:
+        built = _build(parser, dict(values, **set_aside))
+    except ValueError as still:  # not (only) what we blamed
+        raise UsageError(*problems, f"invalid training flags: {' '.join(str(still).split())}") from None
+    return built, problems or [f"invalid training flags: {' '.join(str(err).split())}"]
+
+
+def _build(parser, values):
+    built = []
+    for kind in parser.dataclass_types:
+        names = {f.name for f in dataclasses.fields(kind) if f.init}
+        built.append(kind(**{name: value for name, value in values.items() if name in names}))
+    return built
+
+
+def deepspeed_config(training_args):
+    """The --deepspeed config as TrainingArguments read it (a dict; "auto" values not yet filled), or None."""
+    if not training_args.deepspeed:
+        return None
+    return training_args.hf_deepspeed_config.config
+
+
+def settle_warmup(training_args):
+    """DeepSpeed's warmup schedulers refuse 0 warmup steps, which is what "auto" gives without --warmup_steps."""
+    scheduler_params = (deepspeed_config(training_args) or {}).get("scheduler", {}).get("params", {})
+    if scheduler_params.get("warmup_num_steps") == "auto" and training_args.warmup_steps == 0:
+        # DeepSpeed warms up over at least 2 steps whatever it is given; 1 asks for exactly that minimum.
+        training_args.warmup_steps = 1
+        if first_process():
+            print("notice: no --warmup_steps given; the DeepSpeed scheduler warms up over its minimum of 2 steps")
 
 
 def _evaluation_only_under_zero_1_or_2(training_args):

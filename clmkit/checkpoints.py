@@ -1,5 +1,6 @@
 """Which checkpoint a run continues from: rerunning the same command resumes, also on another number of GPUs."""
 
+import argparse
 import json
 import os
 import re
@@ -9,7 +10,8 @@ import time
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from .errors import UsageError, first_process
+from .errors import UsageError
+from .machine import first_process, gib
 
 CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 # Files a finished run leaves at the top of output_dir, beside its checkpoint-<step> folders.
@@ -247,8 +249,6 @@ def check_disk_for_conversion(checkpoint, tag, partitions, world):
     need = 2 * sum(os.path.getsize(path) for path in zero_files(checkpoint, tag).values())
     free = shutil.disk_usage(checkpoint).free
     if free < need:
-        from .plan import gib
-
         raise UsageError(f"{checkpoint}: written by {partitions} process(es) and this run has {world}; converting it "
                          f"to DeepSpeed's universal format needs about {gib(need)} free on its disk and {gib(free)} "
                          f"is; free some space, or resume with {partitions} GPU(s) (deepspeed --num_gpus={partitions} "
@@ -258,8 +258,6 @@ def check_disk_for_conversion(checkpoint, tag, partitions, world):
 def convert_to_universal(checkpoint, tag, universal, partitions, world):
     """DeepSpeed's own converter (deepspeed/checkpoint/ds_to_universal.py), one worker at a time so that a single
     rank's optimizer file is in memory at once."""
-    import argparse
-
     from deepspeed.checkpoint import ds_to_universal
 
     target = os.path.join(checkpoint, universal)

@@ -8,24 +8,25 @@ Each check returns a list of one-line problems instead of raising, so one run re
 import codecs
 import copy
 import csv
-import dataclasses
+import importlib.util
 import json
 import os
 import re
-import shutil
 import sys
 import tempfile
 
-from .data import BUILDERS, builder_for, choose_block_size, context_length
-from .errors import UsageError, read_json_object
+import torch
+from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig, set_hf_deepspeed_config
 
-FREE_DISK_OVERRIDE = "CLM_ASSUME_FREE_DISK_GIB"  # pretend the output disk has this much free space (tests)
-GPU_OVERRIDE = "CLM_ASSUME_GPU_GIB"  # with --plan, also: plan for a GPU on a machine without one (plan.py)
-GiB = 2**30
+from .data import BUILDERS, builder_for, choose_block_size
+from .errors import UsageError
+from .loading import hub_options, load_config, load_tokenizer, model_weights_problems
+from .machine import GPU_OVERRIDE, nearest_existing, read_deepspeed_config
 
 
-def find_problems(model_args, data_args, training_args):
-    """(problems, config, tokenizer, block_size, plan); the last four are None where their own checks failed."""
+def find_problems(model_args, data_args, training_args, ds_config):
+    """(problems, config, tokenizer, block_size); the last three are None where their own checks failed.
+    ds_config: the --deepspeed config as a dict (None without one)."""
     problems = flag_problems(model_args, data_args, training_args)
     for flag, path in (("--train_file", data_args.train_file), ("--validation_file", data_args.validation_file)):
         if path:
@@ -34,16 +35,10 @@ def find_problems(model_args, data_args, training_args):
     planning = getattr(training_args, "plan", False)
     problems += machine_precision_problems(training_args.fp16, training_args.bf16, training_args.use_cpu,
                                            assume_gpu=planning and bool(os.environ.get(GPU_OVERRIDE)))
-    problems += deepspeed_problems(training_args)
+    problems += deepspeed_problems(training_args.deepspeed, ds_config, training_args)
     config, tokenizer = load_config_and_tokenizer(model_args, problems)
     block_size = attempt(problems, choose_block_size, data_args, config) if config is not None else None
-    plan = None
-    if config is not None:
-        plan = attempt(problems, make_plan, config, tokenizer, model_args, training_args,
-                       block_size or context_length(config))
-        if plan is not None and training_args.do_train and not planning:
-            problems += plan.stop_problems()  # host RAM or disk clearly too small; --plan shows it as its verdict
-    return problems, config, tokenizer, block_size, plan
+    return problems, config, tokenizer, block_size
 
 
 def attempt(problems, function, *args, **kwargs):
@@ -152,8 +147,6 @@ def dtype_problems(model_args, training_args):
 
 
 def optimizer_package_problems(optim):
-    import importlib.util
-
     package = OPTIMIZER_PACKAGES.get(optim)
     if package and importlib.util.find_spec(package) is None:
         return [f"--optim {optim}: needs the {package} package, which is not installed; pip install {package}, "
@@ -285,13 +278,6 @@ def json_records(path):
 # ---------------------------------------------------------------- output folder and disk
 
 
-def nearest_existing(path):
-    path = os.path.abspath(path)
-    while not os.path.exists(path):
-        path = os.path.dirname(path)
-    return path
-
-
 def output_dir_problems(output_dir):
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         return [f"--output_dir {output_dir}: is a file, not a folder; give a folder path (it is created if missing)"]
@@ -306,56 +292,6 @@ def output_dir_problems(output_dir):
         return [f"--output_dir {output_dir}: cannot write in {parent} ({err.strerror}); "
                 "give an --output_dir you can write to"]
     return []
-
-
-def count_without_deepspeed(count_parameters, config, training_args):
-    """count_parameters (or plan.model_shape), with Transformers' process-wide DeepSpeed config hidden: under ZeRO-3
-    it would build even a meta-device model through deepspeed.zero.Init, which wants a distributed setup."""
-    if not training_args.deepspeed:
-        return count_parameters(config)
-    from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
-
-    unset_hf_deepspeed_config()
-    try:
-        return count_parameters(config)
-    finally:
-        if getattr(training_args, "hf_deepspeed_config", None) is not None:
-            set_hf_deepspeed_config(training_args.hf_deepspeed_config)
-
-
-def free_disk_bytes(path):
-    """Free bytes on the disk of `path` (its nearest existing parent), or CLM_ASSUME_FREE_DISK_GIB if set."""
-    assumed = os.environ.get(FREE_DISK_OVERRIDE)
-    if assumed:
-        try:
-            return int(float(assumed) * GiB)
-        except ValueError:
-            raise UsageError(f"{FREE_DISK_OVERRIDE}={assumed}: not a number of GiB; unset it") from None
-    return shutil.disk_usage(nearest_existing(path)).free
-
-
-def make_plan(config, tokenizer, model_args, training_args, block_size):
-    """The run's Plan (plan.py) from the model's shapes on the meta device, the flags and this machine; None where
-    the DeepSpeed config is unreadable (reported on its own)."""
-    from .plan import Plan, model_shape, probe_machine, setup_from_args
-
-    try:
-        ds_config = read_deepspeed_config(training_args.deepspeed)
-    except UsageError:
-        return None
-    if tokenizer is not None and len(tokenizer) > getattr(config, "vocab_size", len(tokenizer)):
-        config = copy.deepcopy(config)  # the model's embeddings will grow to the tokenizer (loading.py)
-        config.vocab_size = len(tokenizer)
-    try:
-        shape = count_without_deepspeed(model_shape, config, training_args)
-    except ValueError as err:  # a config no causal LM class is registered for (e.g. --model_type bert)
-        source = "--config_name" if model_args.config_name else \
-            "--model_name_or_path" if model_args.model_name_or_path else "--model_type"
-        raise UsageError(f"{source}: {getattr(config, 'model_type', '?')} is not a causal language model "
-                         f"({str(err).splitlines()[0][:120]}); use a decoder such as gpt2") from None
-    setup = setup_from_args(training_args, block_size, ds_config, model_args, config)
-    machine = probe_machine(training_args.output_dir, setup.ranks, every_gpu=getattr(training_args, "plan", False))
-    return Plan(shape, setup, machine, training_args.output_dir)
 
 
 # ---------------------------------------------------------------- precision
@@ -384,22 +320,11 @@ def machine_precision_problems(fp16, bf16, use_cpu, assume_gpu=False):
         return []
     if assume_gpu:
         return precision_problems(fp16, bf16, use_cpu, True, True)
-    import torch
-
     cuda = torch.cuda.is_available()
     return precision_problems(fp16, bf16, use_cpu, cuda, cuda and bf16 and torch.cuda.is_bf16_supported())
 
 
 # ---------------------------------------------------------------- DeepSpeed config
-
-
-def read_deepspeed_config(path):
-    """The DeepSpeed config as a dict (None without one); invalid JSON is a user error."""
-    if not path:
-        return None
-    if isinstance(path, dict):
-        return path
-    return read_json_object(path, "--deepspeed ", "start from the shipped ds_config.json")
 
 
 # Names Transformers gives TrainingArguments in its mismatch list -> the flags a user types.
@@ -418,21 +343,15 @@ MISMATCH_FLAGS = {
 MISMATCH = re.compile(r"- ds (?P<key>\S+)=(?P<ds>.*) vs hf (?P<hf>[^=]+)=(?P<flag>.*)")
 
 
-def deepspeed_problems(training_args):
-    """The config file itself, then every value it sets that contradicts a flag, found by Transformers' own
-    HfTrainerDeepSpeedConfig (which would otherwise complain only once the model is loaded)."""
-    try:
-        ds_config = read_deepspeed_config(training_args.deepspeed)
-    except UsageError as err:
-        return err.problems
+def deepspeed_problems(path, ds_config, training_args):
+    """Every value the config sets that contradicts a flag, found by Transformers' own HfTrainerDeepSpeedConfig
+    (which would otherwise complain only once the model is loaded)."""
     if ds_config is None:
         return []
-    return [mismatch_line(training_args.deepspeed, line) for line in deepspeed_mismatches(ds_config, training_args)]
+    return [mismatch_line(path, line) for line in deepspeed_mismatches(ds_config, training_args)]
 
 
 def deepspeed_mismatches(ds_config, training_args):
-    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig, set_hf_deepspeed_config
-
     probe = HfTrainerDeepSpeedConfig(copy.deepcopy(ds_config))
     probe.trainer_config_process(training_args)
     in_use = getattr(training_args, "hf_deepspeed_config", None)
@@ -465,8 +384,6 @@ def _as_json(python_repr):
 
 def load_config_and_tokenizer(model_args, problems):
     """(config, tokenizer), None for whichever cannot be had; why goes into `problems`."""
-    from .loading import hub_options, load_config, load_tokenizer, model_weights_problems
-
     has_source = model_args.model_name_or_path or model_args.model_type or model_args.config_name
     config = attempt(problems, load_config, model_args) if has_source else None
     if model_args.model_name_or_path and (model_args.config_name or config is not None):
@@ -482,32 +399,7 @@ def load_config_and_tokenizer(model_args, problems):
     return config, attempt(problems, load_tokenizer, tokenizer_name, flag=flag, **hub_options(model_args))
 
 
-# ---------------------------------------------------------------- flags TrainingArguments refuses
-
-
-def training_flag_problems(err, parser, argv):
-    """TrainingArguments raised ValueError while parsing. Say why in our words, then parse again with the flags
-    we blamed set aside and add everything else find_problems reports, so that one run still shows it all."""
-    values = vars(parser.parse_known_args(argv)[0])
-    if values.get("deepspeed"):
-        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
-        unset_hf_deepspeed_config()  # a DeepSpeed config that failed half-way made itself the process-wide one
-    # TrainingArguments refuses some numbers itself: report them, and go on checking with their defaults
-    problems = number_problems(values)
-    set_aside = {name: default for name, _, _, default in out_of_range(values)}
-    precision = machine_precision_problems(values.get("fp16"), values.get("bf16"), values.get("use_cpu"))
-    if precision:
-        problems, set_aside = problems + precision, dict(set_aside, fp16=False, bf16=False)
-    refused = deepspeed_file_problems(values["deepspeed"]) if values.get("deepspeed") else []
-    if refused:
-        problems, set_aside = problems + refused, dict(set_aside, deepspeed=None)
-    try:
-        model_args, data_args, training_args = _build(parser, values, **set_aside)
-    except ValueError as still:  # not (only) what we blamed
-        return problems + [f"invalid training flags: {' '.join(str(still).split())}"]
-    problems += find_problems(model_args, data_args, training_args)[0]
-    return problems or [f"invalid training flags: {' '.join(str(err).split())}"]
+# ---------------------------------------------------------------- what TrainingArguments refuses itself
 
 
 def deepspeed_file_problems(path):
@@ -520,12 +412,3 @@ def deepspeed_file_problems(path):
         return [f"--deepspeed {path}: no \"zero_optimization\" section; add one, e.g. as in the shipped "
                 "ds_config.json (ZeRO stage 2 with the optimizer offloaded)"]
     return []
-
-
-def _build(parser, values, **changes):
-    values = dict(values, **changes)
-    built = []
-    for kind in parser.dataclass_types:
-        names = {f.name for f in dataclasses.fields(kind) if f.init}
-        built.append(kind(**{name: value for name, value in values.items() if name in names}))
-    return built

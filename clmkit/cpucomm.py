@@ -3,6 +3,7 @@
 import contextlib
 import os
 
+import torch.distributed as dist
 from transformers import TrainerCallback
 
 # DeepSpeed's CPU accelerator (ops/csrc/cpu/comm/shm.cpp) gives every process a 66 MB POSIX shared-memory segment
@@ -25,7 +26,6 @@ def start_deepspeed_comm_on_cpu(training_args):
     if not (deepspeed_on_cpu(training_args) and training_args.world_size > 1):
         return
     import deepspeed
-    import torch.distributed as dist
 
     if dist.is_initialized() and not deepspeed.comm.is_initialized():
         deepspeed.init_distributed(dist_backend=dist.get_backend())
@@ -51,8 +51,6 @@ class ReleaseSharedMemory(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if not deepspeed_on_cpu(args):
             return  # no segment, and no barrier to wait at
-        import torch.distributed as dist
-
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
         release_shared_memory(args)

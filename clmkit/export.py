@@ -7,13 +7,18 @@ weights go through the model class's save_pretrained, so tied weights, sharding 
 from_pretrained reads them.
 """
 
+import json
 import os
 import shutil
 import tempfile
 
+import torch
+from safetensors import safe_open
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
 from .checkpoints import CHECKPOINT_DIR, checkpoints_in, deepspeed_tag, is_complete, weights_only, zero_files
 from .errors import UsageError, raise_if_any
-from .loading import WEIGHT_FILES
+from .loading import WEIGHT_FILES, load_tokenizer
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model")
 
@@ -60,10 +65,6 @@ def checkpoint_problems(checkpoint):
 
 def sixteen_bit_weights(checkpoint):
     """Whether the safetensors weights of a folder are fp16/bf16 (read from the file headers, not loaded)."""
-    import json
-
-    from safetensors import safe_open
-
     files = ["model.safetensors"]
     index = os.path.join(checkpoint, "model.safetensors.index.json")
     if os.path.isfile(index):
@@ -105,8 +106,6 @@ def tokenizer_problems(checkpoint, tokenizer):
 
 def fp32_state_dict(checkpoint):
     """(state dict of fp32 tensors, where they came from)."""
-    import torch
-
     tag = deepspeed_tag(checkpoint)
     if tag is not None:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
@@ -114,8 +113,6 @@ def fp32_state_dict(checkpoint):
         partitions = len(zero_files(checkpoint, tag))
         state = get_fp32_state_dict_from_zero_checkpoint(checkpoint, tag=tag)
         return state, f"DeepSpeed's fp32 master weights, joined from {partitions} ZeRO partition(s) in {tag}/"
-    from transformers import AutoModelForCausalLM
-
     # Without DeepSpeed the Trainer saves the weights it trains: fp32 under mixed precision, or 16-bit ones (the
     # bf16 mode), which widen to fp32 exactly.
     model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
@@ -127,9 +124,6 @@ def fp32_state_dict(checkpoint):
 
 def build_model(checkpoint, state):
     """The checkpoint's model class with `state` as its weights, built without allocating weights twice."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
-
     config = AutoConfig.from_pretrained(checkpoint)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -151,8 +145,6 @@ def export(checkpoint, out_dir, tokenizer=None):
     """Write the checkpoint's model into out_dir; returns what was written, in words."""
     raise_if_any(checkpoint_problems(checkpoint) + out_dir_problems(out_dir)
                  + tokenizer_problems(checkpoint, tokenizer))
-    from .loading import load_tokenizer
-
     tokenizer_source = tokenizer or checkpoint
     loaded_tokenizer = load_tokenizer(tokenizer_source, flag="--tokenizer" if tokenizer else "CHECKPOINT_DIR")
     state, source = fp32_state_dict(checkpoint)

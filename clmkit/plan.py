@@ -1,40 +1,33 @@
-"""What a run needs, known before it starts: parameters, GPU memory, host RAM and disk against what this machine
-has, a verdict, and the one change most likely to make it fit.
-
-`run_clm.py --plan` prints the whole plan and exits without loading data or weights; every real run prints it in a
-few lines, and checks.py stops a run at once (exit 2) when host RAM or disk clearly cannot hold it. The model is
-built on the meta device: shapes only, no weights.
+"""What a run needs, estimated before it starts from the model's shapes alone (built on the meta device, no
+weights): GPU memory, host RAM and disk against what this machine has, a verdict, and the one change most likely to
+make it fit. plan_report.py puts it in words.
 
 Each figure is a peak in bytes. N is the parameter count, T = micro-batch x block size (tokens per GPU and forward
 pass), h the hidden size, L the layers, a the attention heads, s the block size, V the vocabulary. Each term says
 where its size comes from: the code that allocates it (DeepSpeed 0.19, PyTorch 2.13, Transformers 5), or a
-measurement. Calibration, GPT-2 XL (1.56B) on an H100 capped to 16 GiB, ZeRO-2 with the optimizer offloaded, fp16,
-gradient checkpointing, 8 x 1024 tokens x 2 accumulation (docs/gpu-runs.md): peak GPU allocated 8.95 GiB (this plan:
-8.91), peak host RSS of the worker 41.5-43.6 GiB (43.2, plus 0.48 for the launcher), a checkpoint 24 GB on disk,
-`du` rounding up (23.2 GiB); ZeRO-2 without offload on the whole card 35.5 GiB used (34.9).
+measurement; docs/plan-calibration.md has the measurements and how each constant was fitted.
 """
 
+import copy
 import dataclasses
-import os
 from dataclasses import dataclass
 
-GiB = 2**30
-HOST_RAM_OVERRIDE = "CLM_ASSUME_HOST_RAM_GIB"  # pretend this much host RAM is available (tests)
-GPU_OVERRIDE = "CLM_ASSUME_GPU_GIB"  # pretend each GPU has this much free memory, or that there is one (tests, --plan)
-GPU_CAP = "CLM_GPU_MEMORY_GIB"  # stats.apply_gpu_memory_cap: the run uses no more than this of each GPU
+import torch
+from transformers import AutoModelForCausalLM
 
-# Resident memory of one worker before any model state: Python, torch, transformers, datasets and deepspeed
-# imported, the data tokenized, the Trainer built. Measured on the tiny test model (148K parameters: its states are
-# kilobytes), torch 2.13 CPU build: peak_host_rss_gib 0.523 of `python run_clm.py --use_cpu` (run_stats.json).
+from .data import context_length
+from .errors import UsageError
+from .loading import training_dtype
+from .loss import CHUNK_TOKENS
+from .machine import GiB, Machine, gib, gpu_here, local_ranks, probe_machine
+
+# Resident memory of one worker before any model state: Python and the libraries imported, the data tokenized, the
+# Trainer built (the tiny test model's peak host RSS, whose states are kilobytes).
 WORKER_BASELINE = int(0.52 * GiB)
-# The deepspeed launcher: its runner (`deepspeed ...`) and the launch.py it starts, 0.24 GiB each (measured with
-# psutil during the tiny run; run_stats.json counts them since fcd12eb: 1.04 GiB for the tiny run under the launcher,
-# 0.51-0.52 without). The GPU calibration figures below predate that: the worker alone.
+# The deepspeed launcher: its runner (`deepspeed ...`) and the launch.py it starts, 0.24 GiB each.
 LAUNCHER_BASELINE = int(0.48 * GiB)
-# What a CUDA worker adds: the CUDA build of torch, the CUDA context, cuBLAS and NCCL. Not measurable here; fitted
-# to the calibration run, whose worker peaked at 41.5-43.6 GiB against 36.2 GiB of itemised offload buffers, 2.9 GiB
-# of saving (the checkpoint at the last step) and the 0.52 GiB CPU baseline: 3.5 GiB puts the estimate at 43.2
-# (a bare `torch.tensor(0, device="cuda")` process is already about 2 GB resident, pytorch/pytorch#113326).
+# What a CUDA worker adds: the CUDA build of torch, the CUDA context, cuBLAS and NCCL (fitted to a GPU run's host
+# peak; a bare CUDA tensor already makes a process about 2 GB resident).
 CUDA_BASELINE = int(3.5 * GiB)
 # The peak allocated is what the estimate gives; PyTorch's caching allocator needs some room on top (fragmentation).
 GPU_MARGIN = 1.1
@@ -42,30 +35,21 @@ GPU_MARGIN = 1.1
 HOST_MARGIN = 1.1
 
 # Activations one transformer layer saves for its backward pass, per token: (c, k) means c x h + k x a x s elements
-# of the activation dtype. Measured with torch.autograd.graph.saved_tensors_hooks on small configs of each
-# architecture (h=256, a=4, blocks of 128 and 256 tokens, 2 and 4 layers, bf16, eager attention), solved for c and k.
-# GPT-2 keeps the most per h: its tanh-GELU in Python keeps four 4h tensors, dropout keeps 1-byte masks. GPT-Neo
-# computes attention in fp32. A model on PyTorch's scaled_dot_product_attention keeps no a x s scores on a GPU (the
-# flash and memory-efficient kernels keep only their output and log-sum-exp); on the CPU its math fallback keeps
-# twice the eager amount (measured for GPT-2: k = 6).
+# of the activation dtype, measured with torch.autograd.graph.saved_tensors_hooks on small configs of each
+# architecture. GPT-2 keeps the most per h: its tanh-GELU in Python keeps four 4h tensors, dropout keeps 1-byte
+# masks. GPT-Neo computes attention in fp32. A model on PyTorch's scaled_dot_product_attention keeps no a x s scores
+# on a GPU (the flash and memory-efficient kernels keep only their output and log-sum-exp); on the CPU its math
+# fallback keeps twice the eager amount.
 LAYER_ACTIVATIONS = {"gpt2": (33, 3), "gpt_neo": (42, 1), "gptj": (28, 3)}
 OTHER_ACTIVATIONS = (42, 3)  # an architecture not measured: the largest of those
-# Recomputing one layer in the backward pass holds its activations and, briefly, part of their gradients:
-# 1.2 x one layer fits the H100 measurement of GPT-2 XL at micro-batch 16 with the chunked loss (7.45 GiB peak
-# allocated), where this term sets the peak; the gradients are freed as the layer's backward proceeds.
+# Recomputing one layer in the backward pass holds its activations and, briefly, part of their gradients, which are
+# freed as the layer's backward proceeds: 1.2 x one layer (fitted where this term sets the peak).
 RECOMPUTE_TRANSIENT = 1.2
-# Outside the layers: the embedding output, the final norm and the LM head's input, about 3h per token (measured).
+# Outside the layers: the embedding output, the final norm and the LM head's input, about 3h per token.
 EDGE_ACTIVATIONS = 3
 # The loss over T x V logits peaks in the backward pass of the cross-entropy: the fp32 log-probabilities it saved,
 # their gradient and the gradient of the fp32 logits, 3 x 4 bytes each (the 16-bit logits are freed by then).
-# Calibration: this term is 4.6 of the 8.95 GiB.
 LOSS_BYTES = 12
-
-
-def gib(n_bytes) -> str:
-    if n_bytes >= 10 * GiB:
-        return f"{n_bytes / GiB:.1f} GiB"
-    return f"{n_bytes / GiB:.2f} GiB" if n_bytes >= 0.1 * GiB else f"{n_bytes / 2**20:.0f} MiB"
 
 
 def pow2(n_bytes: int) -> int:
@@ -100,9 +84,6 @@ def _first(config, *names, default=0):
 
 def model_shape(config) -> ModelShape:
     """The shapes of a causal LM built from `config`, without allocating its weights (meta device)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     params = list(model.parameters())  # shared (tied) parameters come once
@@ -122,12 +103,7 @@ def model_shape(config) -> ModelShape:
     )
 
 
-def count_parameters(config) -> int:
-    """Parameter count of a causal LM built from `config`, without allocating its weights."""
-    return model_shape(config).n_params
 
-
-# ---------------------------------------------------------------- what the flags ask for
 
 
 @dataclass(frozen=True)
@@ -197,21 +173,10 @@ def batch_text(micro, accumulation, world, block_size, use_cpu=False, nodes=1):
             f"{sequences * block_size:,} tokens per optimizer step")
 
 
-def _local_ranks():
-    """(processes on this node, nodes, started by a launcher?) from the launcher's environment."""
-    world = int(os.environ.get("WORLD_SIZE") or 1)
-    local = int(os.environ.get("LOCAL_SIZE") or os.environ.get("LOCAL_WORLD_SIZE") or world)
-    return max(1, local), max(1, world // max(1, local)), "LOCAL_RANK" in os.environ
-
 
 def _int_or_auto(value):
     return int(float(value)) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
 
-
-def _gpu_here():
-    import torch
-
-    return torch.cuda.is_available() or env_gib(GPU_OVERRIDE) is not None
 
 
 def setup_from_args(training_args, block_size, ds_config=None, model_args=None, config=None) -> Setup:
@@ -219,14 +184,10 @@ def setup_from_args(training_args, block_size, ds_config=None, model_args=None, 
     zero = (ds_config or {}).get("zero_optimization") or {}
     optimizer = zero.get("offload_optimizer") or {}
     params = zero.get("offload_param") or {}
-    ranks, nodes, launcher = _local_ranks()
+    ranks, nodes, launcher = local_ranks()
     save_strategy = getattr(training_args.save_strategy, "value", training_args.save_strategy)
     stage = int(zero.get("stage", 0)) if training_args.deepspeed else 0
-    chunk = 0
-    if getattr(training_args, "chunked_loss", False):
-        from .loss import CHUNK_TOKENS
-
-        chunk = CHUNK_TOKENS
+    chunk = CHUNK_TOKENS if getattr(training_args, "chunked_loss", False) else 0
     deepspeed = training_args.deepspeed
     return Setup(
         micro_batch=training_args.per_device_train_batch_size,
@@ -236,7 +197,7 @@ def setup_from_args(training_args, block_size, ds_config=None, model_args=None, 
         checkpointing=bool(training_args.gradient_checkpointing),
         chunk_tokens=chunk,
         use_cpu=bool(training_args.use_cpu),
-        cuda=_gpu_here(),
+        cuda=gpu_here(),
         deepspeed=(deepspeed if isinstance(deepspeed, str) else "the --deepspeed config") if deepspeed else "",
         stage=stage,
         offload_optimizer=optimizer.get("device", "none") in ("cpu", "nvme"),
@@ -259,8 +220,6 @@ def setup_from_args(training_args, block_size, ds_config=None, model_args=None, 
 def _load_dtype(model_args, config, training_args=None):
     """fp32, fp16 or bf16: what a weight is loaded in, by the loader's own rule (clmkit/loading.py:training_dtype);
     where that leaves the checkpoint's dtype, a pretrained model's config says it, else fp32."""
-    from .loading import training_dtype
-
     dtype = training_dtype(model_args, training_args) if model_args is not None else None
     if dtype in (None, "auto") and getattr(model_args, "model_name_or_path", None):
         dtype = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32")
@@ -455,66 +414,6 @@ def deepspeed_gpu_buffers(shape, setup, weight_bytes):
 # ---------------------------------------------------------------- this machine
 
 
-@dataclass
-class Machine:
-    gpus: list  # (label, free bytes) of each GPU this run uses (--plan: each GPU there is)
-    gpu_note: str  # "" or why the figure is what it is
-    ram: int
-    ram_note: str
-    disk: int
-    disk_path: str
-    disk_note: str
-
-    @property
-    def gpu_free(self):
-        return min(free for _, free in self.gpus) if self.gpus else None
-
-
-def env_gib(name):
-    """An environment override in GiB, as bytes; None when unset."""
-    from .errors import UsageError
-
-    value = os.environ.get(name)
-    if not value:
-        return None
-    try:
-        return int(float(value) * GiB)
-    except ValueError:
-        raise UsageError(f"{name}={value}: not a number of GiB; unset it") from None
-
-
-def probe_machine(output_dir, ranks=1, every_gpu=False) -> Machine:
-    """What this machine has free: each GPU (torch.cuda.mem_get_info), RAM (psutil), disk at output_dir."""
-    import psutil
-
-    from .checks import FREE_DISK_OVERRIDE, free_disk_bytes, nearest_existing
-
-    assumed, cap = env_gib(GPU_OVERRIDE), env_gib(GPU_CAP)
-    gpus, gpu_note = [], ""
-    import torch
-
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        indices = range(torch.cuda.device_count()) if every_gpu else [local]
-        for index in indices:
-            free, total = torch.cuda.mem_get_info(index)
-            if cap is not None:
-                free = min(free, cap)
-            if assumed is not None:
-                free = assumed
-            gpus.append((f"GPU {index} ({torch.cuda.get_device_name(index)}, {gib(total)})", free))
-        gpu_note = f" ({GPU_OVERRIDE})" if assumed is not None else f" (capped by {GPU_CAP})" if cap else ""
-    elif assumed is not None:
-        gpus = [(f"GPU {index} (assumed)", assumed) for index in range(ranks)]
-        gpu_note = f" ({GPU_OVERRIDE})"
-    ram = env_gib(HOST_RAM_OVERRIDE)
-    ram_note = f" ({HOST_RAM_OVERRIDE})" if ram is not None else ""
-    if ram is None:
-        ram = psutil.virtual_memory().available
-    disk_note = f" ({FREE_DISK_OVERRIDE})" if os.environ.get(FREE_DISK_OVERRIDE) else ""
-    return Machine(gpus=gpus, gpu_note=gpu_note, ram=ram, ram_note=ram_note, disk=free_disk_bytes(output_dir),
-                   disk_path=nearest_existing(output_dir), disk_note=disk_note)
-
 
 # ---------------------------------------------------------------- the plan and its verdict
 
@@ -578,7 +477,7 @@ class Plan:
         needed."""
         changes = []
         if any(self.status.get(key, FITS) != FITS for key in ("GPU", "host RAM")):
-            changes.append(self._compute_change())
+            changes.append(self.compute_change())
         if self.status["disk"] != FITS:
             changes.append(self.disk_change())
         return "; and ".join(changes)
@@ -598,7 +497,7 @@ class Plan:
                     f"(the same {s.micro_batch * s.accumulation} sequences a step per GPU)")
                 yield ", plus ".join(part for part in (what, batch) if part), candidate
 
-    def _compute_change(self):
+    def compute_change(self):
         for what, candidate in self._candidates():
             if self._fits_compute(candidate):
                 return what
@@ -623,168 +522,36 @@ class Plan:
                      "resuming from it)")
         return text
 
-    # -- what a real run refuses
 
-    def stop_problems(self):
-        """One line for each of host RAM and disk that clearly cannot hold the run (checks.py reports them)."""
-        problems = []
-        needs, machine = self.needs, self.machine
-        if self.status["host RAM"] == OVER:
-            problems.append(f"host RAM: the run needs about {gib(needs.host)} at its peak ({self._host_terms()}) "
-                            f"but {gib(machine.ram)} is available{machine.ram_note}; {self._compute_change()}")
-        if self.status["disk"] == OVER:
-            what = "one checkpoint (weights and optimizer state)" if self.setup.checkpoints else "the model weights"
-            problems.append(f"--output_dir {self.output_dir}: {what} needs about {gib(needs.disk_checkpoint)} but "
-                            f"only {gib(machine.disk)} is free on its disk{machine.disk_note}; {self.disk_change()}")
-        return problems
+def model_shape_without_deepspeed(config, training_args):
+    """model_shape(config), with Transformers' process-wide DeepSpeed config hidden: under ZeRO-3 it would build even
+    a meta-device model through deepspeed.zero.Init, which wants a distributed setup."""
+    if not training_args.deepspeed:
+        return model_shape(config)
+    from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
 
-    # -- text
-
-    def _host_terms(self):
-        n = self.needs
-        if n.host_loading >= n.host_training:
-            return f"loading {gib(n.host_loading)} + baseline {gib(n.host_baseline)}"
-        pinned = self.setup.pin_memory and not self.setup.use_cpu
-        terms = [("optimizer state", n.host_optimizer), ("pinned buffers" if pinned else "offload buffers",
-                                                         n.host_pinned),
-                 ("model states and activations", 0 if n.on_gpu else n.gpu), ("saving", n.host_saving),
-                 ("baseline", n.host_baseline)]
-        return " + ".join(f"{name} {gib(value)}" for name, value in terms if value)
-
-    def _params(self):
-        n = self.shape.n_params
-        return f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.2f}M"
-
-    def _gpu_line(self):
-        n = self.needs
-        if self.setup.use_cpu:
-            return "GPU not used (--use_cpu): model states and activations are in host RAM"
-        free = self.machine.gpu_free
-        against = f"{gib(free)} free{self.machine.gpu_note}: {self.status['GPU']}" if free is not None else \
-            f"no GPU here (set {GPU_OVERRIDE} to plan for one)"
-        return (f"GPU {gib(n.gpu)} peak per device (model states {gib(n.gpu_states)} + activations "
-                f"{gib(n.activations)} + buffers {gib(n.gpu_buffers)}) of {against}")
-
-    def summary(self) -> str:
-        """The lines every run prints before it loads the model."""
-        n, m, s = self.needs, self.machine, self.setup
-        lines = [
-            f"plan:        {self._params()} parameters, {s.precision_label}, {s.engine}, {s.micro_batch} x "
-            f"{s.block_size} tokens per micro-batch",
-            f"             batch: {s.batch}",
-            f"             {self._gpu_line()}",
-            f"             host RAM {gib(n.host)} peak ({self._host_terms()}) of {gib(m.ram)} available"
-            f"{m.ram_note}: {self.status['host RAM']}",
-            f"             disk {gib(n.disk_checkpoint)} per checkpoint, {gib(m.disk)} free at {m.disk_path}"
-            f"{m.disk_note}: {self.status['disk']}",
-        ]
-        change = self.change()
-        lines.append(f"verdict:     {self.verdict}" + (f"; change: {change}" if change else ""))
-        return "\n".join(lines)
-
-    def report(self) -> str:
-        """The whole plan, for --plan."""
-        n, m, s, shape = self.needs, self.machine, self.setup, self.shape
-        tokens = s.micro_batch * s.block_size
-        row = "  {:<22}{:>10}   {}".format
-        lines = [
-            f"plan for {shape.model_type}: {shape.n_params:,} parameters ({self._params()}), {s.precision_label}, "
-            f"{s.engine}" + (f" ({s.deepspeed})" if s.deepspeed else ""),
-            f"  {s.micro_batch} sequences x {s.block_size} tokens per micro-batch, gradient checkpointing "
-            f"{'on' if s.checkpointing else 'off'}" + (f", loss in chunks of {s.chunk_tokens} tokens" if s.chunk_tokens
-                                                       else ""),
-            f"  batch: {s.batch}",
-            "GPU, per device" + (" (with --use_cpu: in host RAM)" if s.use_cpu else ""),
-            row("model states", gib(n.gpu_states), self._states_text()),
-            row("activations", gib(n.activations),
-                f"kept {gib(n.kept)} ({'each layer input' if s.checkpointing else 'every layer'}, {tokens:,} "
-                f"tokens) + loss over {min(tokens, s.chunk_tokens or tokens):,} x {shape.vocab:,} logits "
-                f"{gib(n.loss)}" + (f", or a recomputed layer {gib(2 * n.layer)}" if s.checkpointing else "")),
-            row("buffers", gib(n.gpu_buffers), "DeepSpeed's gradient buckets and offload staging"
-                if s.deepspeed else "none"),
-            row("peak", gib(n.gpu), f"allocated; allow {round((GPU_MARGIN - 1) * 100)}% more for fragmentation"),
-            "host RAM",
-            row("optimizer state", gib(n.host_optimizer),
-                "Adam's fp32 m and v, offloaded" if n.host_optimizer else "none offloaded (on the GPU)"),
-            row("pinned buffers" if s.pin_memory and not s.use_cpu else "offload buffers", gib(n.host_pinned),
-                ", ".join(f"{k} {gib(v)}" for k, v in n.pinned_parts.items() if v) or "none"),
-            row("loading", gib(n.host_loading), self._loading_text()),
-            row("saving", gib(n.host_saving), "the weights copied to the CPU to write model.safetensors"
-                if n.host_saving else "written from where they are"),
-            row("baseline", gib(n.host_baseline), f"Python, torch and libraries in {s.ranks} worker(s)"
-                + (" with CUDA" if s.cuda and not s.use_cpu else "") + (" + the launcher" if s.launcher else "")),
-            row("peak", gib(n.host), "baseline + the larger of loading and "
-                + ("optimizer + buffers + saving" if n.on_gpu else "states, activations and buffers")),
-        ]
-        if n.deepspeed_host and s.offload_optimizer and s.stage < 3:
-            lines.append(row("", "", f"(DeepSpeed's cold estimate of the host model states: {gib(n.deepspeed_host)})"))
-        what = "weights, DeepSpeed's module states and optimizer state" if s.deepspeed else "weights and optimizer"
-        lines += [
-            "disk",
-            row("per checkpoint", gib(n.disk_checkpoint), what if s.checkpoints else "the weights only"),
-            row("final model", gib(n.disk_weights), f"model.safetensors in {s.precision if s.deepspeed else s.weights}"),
-            "this machine",
-        ]
-        for label, free in m.gpus:
-            lines.append(f"  {label}: {gib(free)} free{m.gpu_note}")
-        if not m.gpus:
-            lines.append("  no GPU")
-        lines += [f"  RAM: {gib(m.ram)} available{m.ram_note}", f"  disk: {gib(m.disk)} free at {m.disk_path}"
-                  f"{m.disk_note}"]
-        checks = ", ".join(f"{key} {value}" for key, value in self.status.items())
-        change = self.change()
-        lines.append(f"verdict: {self.verdict} ({checks})" + (f"\n  change: {change}" if change else ""))
-        return "\n".join(lines)
-
-    def _states_text(self):
-        s = self.setup
-        if not s.deepspeed:
-            weights = "fp32" if s.load_bytes == 4 else "16-bit"
-            adam = "8-bit " if "8bit" in s.optim else "4-bit " if "4bit" in s.optim else ""
-            return (f"{weights} weights and gradients, {adam}Adam state"
-                    + (", 16-bit weight copies" if s.half and s.load_bytes == 4 else ""))
-        where = "16-bit weights" if s.half else "fp32 weights"
-        if s.stage == 3 and s.offload_param:
-            return "the largest layer gathered (DeepSpeed's ZeRO-3 estimate)"
-        if s.offload_optimizer and s.stage == 1:
-            return f"{where} and gradients, which go to CPU RAM once a step (DeepSpeed's ZeRO-2 estimate + gradients)"
-        if s.offload_optimizer:
-            return f"{where} (DeepSpeed's ZeRO-{s.stage} estimate); gradients go to CPU RAM as they are made"
-        return f"{where}, gradients, fp32 master weights and Adam state (DeepSpeed's ZeRO-{s.stage} estimate)"
-
-    def _loading_text(self):
-        s = self.setup
-        if s.deepspeed and s.stage == 3:
-            return "zero.Init partitions each layer as it is built"
-        dtype = "fp32" if s.load_bytes == 4 else "16-bit"
-        return f"the {dtype} model on the CPU before " + ("training" if s.use_cpu else "it moves to the GPU") + (
-            f", in each of {s.ranks} workers" if s.ranks > 1 else "")
+    unset_hf_deepspeed_config()
+    try:
+        return model_shape(config)
+    finally:
+        if getattr(training_args, "hf_deepspeed_config", None) is not None:
+            set_hf_deepspeed_config(training_args.hf_deepspeed_config)
 
 
-def describe_run(n_params, config, training_args, block_size, world_size, n_train_sequences,
-                 n_eval_sequences=0, weights_dtype=None):
-    """The lines printed once the data is loaded and the model built (the plan came before them).
-    n_train_sequences is None for a run that only evaluates; weights_dtype: the built model's."""
-    micro = training_args.per_device_train_batch_size
-    accumulation = training_args.gradient_accumulation_steps
-    sequences_per_step = micro * accumulation * world_size
-    from .checks import read_deepspeed_config
-
-    setup = setup_from_args(training_args, block_size, read_deepspeed_config(training_args.deepspeed))
-    setup = dataclasses.replace(setup, weights=dtype_name(weights_dtype))
-    precision, engine = setup.precision_label, setup.engine
-    size = f"{n_params / 1e9:.2f}B" if n_params >= 1e8 else f"{n_params / 1e6:.2f}M"
-    _, nodes, _ = _local_ranks()
-    model_line = (f"model:       {size} parameters, {precision}, {engine}, "
-                  f"gradient checkpointing {'on' if training_args.gradient_checkpointing else 'off'}")
-    if n_train_sequences is None:  # only evaluating
-        return "\n".join([model_line, f"data:        {n_eval_sequences:,} evaluation sequences of {block_size} tokens; "
-                                       f"results in {training_args.output_dir}"])
-    return "\n".join([
-        model_line,
-        f"batch:       {batch_text(micro, accumulation, world_size, block_size, training_args.use_cpu, nodes)}",
-        f"data:        {n_train_sequences:,} training sequences of {block_size} tokens = "
-        f"{max(1, n_train_sequences // sequences_per_step):,} steps per epoch",
-        f"checkpoints: {training_args.output_dir}/checkpoint-<step> every {training_args.save_steps} steps; "
-        f"final model in {training_args.output_dir}",
-    ])
+def make_plan(config, tokenizer, model_args, training_args, block_size, ds_config):
+    """The run's Plan from the model's shapes on the meta device, the flags, the block size (None: the model's
+    context), the DeepSpeed config (a dict, or None) and this machine. A config no causal LM class is registered for is a UsageError."""
+    if tokenizer is not None and len(tokenizer) > getattr(config, "vocab_size", len(tokenizer)):
+        config = copy.deepcopy(config)  # the model's embeddings will grow to the tokenizer (loading.py)
+        config.vocab_size = len(tokenizer)
+    try:
+        shape = model_shape_without_deepspeed(config, training_args)
+    except ValueError as err:  # e.g. --model_type bert
+        source = "--config_name" if model_args.config_name else \
+            "--model_name_or_path" if model_args.model_name_or_path else "--model_type"
+        raise UsageError(f"{source}: {getattr(config, 'model_type', '?')} is not a causal language model "
+                         f"({str(err).splitlines()[0][:120]}); use a decoder such as gpt2") from None
+    block_size = block_size or context_length(config)  # its own problem is reported by the checks
+    setup = setup_from_args(training_args, block_size, ds_config, model_args, config)
+    machine = probe_machine(training_args.output_dir, setup.ranks, every_gpu=getattr(training_args, "plan", False))
+    return Plan(shape, setup, machine, training_args.output_dir)

@@ -1,0 +1,42 @@
+"""The build lock a killed run leaves behind when DeepSpeed compiles its CPU ops.
+
+torch builds DeepSpeed's CPU ops (CPU Adam) the first time they are used, in its extensions folder, holding a `lock`
+file there; every later run takes the lock too, even to find the build done. A run killed while building (SIGKILL,
+power loss, a pre-empted machine) leaves the lock behind, and every later run would wait on it forever, printing
+nothing.
+"""
+
+import contextlib
+import glob
+import os
+import sys
+import time
+
+import psutil
+from torch.utils.cpp_extension import get_default_build_root
+
+from .machine import first_process
+
+# A lock younger than this may belong to a build that is only starting (ninja not yet running).
+STALE_LOCK_SECONDS = 30
+
+
+def clear_stale_build_locks():
+    """Remove each lock older than STALE_LOCK_SECONDS that no process works beside (ninja and the compiler run in
+    the lock's folder)."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
+    locks = glob.glob(os.path.join(root, "*", "*", "lock"))
+    if not locks:
+        return
+    working_in = {p.info["cwd"] for p in psutil.process_iter(["cwd"]) if p.info.get("cwd")}
+    for lock in locks:
+        folder = os.path.dirname(lock)
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - os.path.getmtime(lock) < STALE_LOCK_SECONDS:
+                continue
+            if any(cwd == folder or cwd.startswith(folder + os.sep) for cwd in working_in):
+                continue
+            os.remove(lock)
+            if first_process():
+                print(f"notice: removed {lock}, left by a build of {os.path.basename(folder)} that was killed; "
+                      "it is built again now", file=sys.stderr, flush=True)

@@ -1,0 +1,247 @@
+"""Facts about this machine and this process: units, the CLM_* environment overrides, free disk, GPU and host RAM,
+the launcher's ranks, the process tree's memory, a free port, and the DeepSpeed config file.
+
+The bottom of clmkit: it imports nothing of the project but errors.py (the exception every module raises), so the
+checks, the plan, the trainer and the benchmark can all use it.
+"""
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import threading
+from dataclasses import dataclass
+
+import psutil
+import torch
+
+from .errors import UsageError
+
+GiB = 2**30
+
+# Environment variables that stand in for this machine's own figures (tests, and --plan for another machine).
+GPU_OVERRIDE = "CLM_ASSUME_GPU_GIB"  # each GPU has this much free, or there is one where none is
+HOST_RAM_OVERRIDE = "CLM_ASSUME_HOST_RAM_GIB"  # this much host RAM is available
+FREE_DISK_OVERRIDE = "CLM_ASSUME_FREE_DISK_GIB"  # the output disk has this much free
+# The run uses no more than this of each GPU: a large card behaves like a 16 GB one (for measuring).
+GPU_CAP = "CLM_GPU_MEMORY_GIB"
+
+
+def gib(n_bytes) -> str:
+    """Bytes as a person reads them: 12.3 GiB, 1.23 GiB, 512 MiB."""
+    if n_bytes >= 10 * GiB:
+        return f"{n_bytes / GiB:.1f} GiB"
+    return f"{n_bytes / GiB:.2f} GiB" if n_bytes >= 0.1 * GiB else f"{n_bytes / 2**20:.0f} MiB"
+
+
+def env_gib(name):
+    """An environment override in GiB, as bytes; None when unset."""
+    value = os.environ.get(name)
+    if not value:
+        return None
+    try:
+        return int(float(value) * GiB)
+    except ValueError:
+        raise UsageError(f"{name}={value}: not a number of GiB; unset it") from None
+
+
+# ---------------------------------------------------------------- processes
+
+
+def first_process() -> bool:
+    """Rank 0 of a launched run, or the only process: the one that prints notices for all of them."""
+    return int(os.environ.get("RANK") or 0) == 0
+
+
+def local_ranks():
+    """(processes on this node, nodes, started by a launcher?) from the launcher's environment."""
+    world = int(os.environ.get("WORLD_SIZE") or 1)
+    local = int(os.environ.get("LOCAL_SIZE") or os.environ.get("LOCAL_WORLD_SIZE") or world)
+    return max(1, local), max(1, world // max(1, local)), "LOCAL_RANK" in os.environ
+
+
+def free_port() -> int:
+    """A free TCP port on this machine, for a launcher's rendezvous (the default 29500 may be taken)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_root():
+    """The process the user started: the topmost `deepspeed` launcher above us (the runner starts
+    `python -m deepspeed.launcher.launch`, which starts this worker), else this process."""
+    root = psutil.Process()
+    parent = root.parent()
+    while parent is not None:
+        try:
+            if not any("deepspeed" in part for part in parent.cmdline()):
+                break
+        except psutil.Error:
+            break
+        root, parent = parent, parent.parent()
+    return root
+
+
+def tree_rss(root, seen=None) -> int:
+    """Resident bytes of `root` (a psutil.Process) and all its descendants; each one is added to `seen`
+    (pid -> Process) when given. 0 once `root` has gone."""
+    try:
+        tree = [root] + root.children(recursive=True)
+    except psutil.Error:
+        return 0
+    total = 0
+    for process in tree:
+        if seen is not None:
+            seen.setdefault(process.pid, process)
+        with contextlib.suppress(psutil.Error):
+            total += process.memory_info().rss
+    return total
+
+
+class TreeMemorySampler:
+    """Peak resident memory of a process tree, sampled every `interval` seconds on a thread of its own.
+    Without a root: the tree of the user's command (launcher and workers); if that root goes (killed with its
+    shell), this process alone."""
+
+    def __init__(self, root=None, interval=0.5):
+        self.root = root or run_root()
+        self.seen = {}
+        self.peak = 0
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def sample(self):
+        rss = tree_rss(self.root, self.seen)
+        if rss == 0 and self.root.pid != os.getpid() and not self.root.is_running():
+            self.root = psutil.Process()
+            rss = tree_rss(self.root, self.seen)
+        self.peak = max(self.peak, rss)
+        return rss
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def stop(self):
+        self._stop.set()
+        self.sample()
+        return self.peak
+
+
+# ---------------------------------------------------------------- GPU
+
+
+def gpu_here() -> bool:
+    """A CUDA GPU is here, or one is assumed (CLM_ASSUME_GPU_GIB)."""
+    return torch.cuda.is_available() or env_gib(GPU_OVERRIDE) is not None
+
+
+def apply_gpu_memory_cap():
+    """CLM_GPU_MEMORY_GIB=16 makes a large card behave like a 16 GB one (for measuring; users don't need it)."""
+    cap = os.environ.get(GPU_CAP)
+    if not cap or not torch.cuda.is_available():
+        return
+    device = int(os.environ.get("LOCAL_RANK", "0"))
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, float(cap) * GiB / total), device)
+    print(f"notice: GPU memory capped at {float(cap):g} GiB ({GPU_CAP})", flush=True)
+
+
+def gpus_free(ranks=1, every_gpu=False):
+    """([(label, free bytes)] of each GPU this run uses (every_gpu: each GPU there is), why the figures are what
+    they are): torch.cuda.mem_get_info, capped by CLM_GPU_MEMORY_GIB, or CLM_ASSUME_GPU_GIB instead."""
+    assumed, cap = env_gib(GPU_OVERRIDE), env_gib(GPU_CAP)
+    if not torch.cuda.is_available():
+        if assumed is None:
+            return [], ""
+        return [(f"GPU {index} (assumed)", assumed) for index in range(ranks)], f" ({GPU_OVERRIDE})"
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    gpus = []
+    for index in (range(torch.cuda.device_count()) if every_gpu else [local]):
+        free, total = torch.cuda.mem_get_info(index)
+        if cap is not None:
+            free = min(free, cap)
+        if assumed is not None:
+            free = assumed
+        gpus.append((f"GPU {index} ({torch.cuda.get_device_name(index)}, {gib(total)})", free))
+    note = f" ({GPU_OVERRIDE})" if assumed is not None else f" (capped by {GPU_CAP})" if cap else ""
+    return gpus, note
+
+
+# ---------------------------------------------------------------- host RAM and disk
+
+
+def nearest_existing(path):
+    """`path`, or its nearest parent that exists."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def free_disk_bytes(path):
+    """Free bytes on the disk of `path` (its nearest existing parent), or CLM_ASSUME_FREE_DISK_GIB if set."""
+    assumed = env_gib(FREE_DISK_OVERRIDE)
+    return assumed if assumed is not None else shutil.disk_usage(nearest_existing(path)).free
+
+
+@dataclass
+class Machine:
+    """What this machine has free for a run."""
+
+    gpus: list  # (label, free bytes) of each GPU this run uses (--plan: each GPU there is)
+    gpu_note: str  # "" or why the figure is what it is
+    ram: int
+    ram_note: str
+    disk: int
+    disk_path: str
+    disk_note: str
+
+    @property
+    def gpu_free(self):
+        return min(free for _, free in self.gpus) if self.gpus else None
+
+
+def probe_machine(output_dir, ranks=1, every_gpu=False) -> Machine:
+    """Each GPU (torch), RAM (psutil) and the disk at output_dir, with the CLM_ASSUME_* overrides applied."""
+    gpus, gpu_note = gpus_free(ranks, every_gpu)
+    ram = env_gib(HOST_RAM_OVERRIDE)
+    ram_note = f" ({HOST_RAM_OVERRIDE})" if ram is not None else ""
+    if ram is None:
+        ram = psutil.virtual_memory().available
+    disk_note = f" ({FREE_DISK_OVERRIDE})" if os.environ.get(FREE_DISK_OVERRIDE) else ""
+    return Machine(gpus=gpus, gpu_note=gpu_note, ram=ram, ram_note=ram_note, disk=free_disk_bytes(output_dir),
+                   disk_path=nearest_existing(output_dir), disk_note=disk_note)
+
+
+# ---------------------------------------------------------------- files the user hands over
+
+
+def read_json_object(path, label, advice):
+    """A JSON file that must hold an object; every way it can fail is one line: '<label><path>: ...; <advice>'."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"{label}{path}: no such file; {advice}") from None
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{label}{path}: not valid JSON (line {err.lineno}, column {err.colno}): {err.msg}; "
+                         f"fix it or {advice}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"{label}{path}: cannot read it ({err}); {advice}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{label}{path}: expected a JSON object; {advice}")
+    return value
+
+
+def read_deepspeed_config(path):
+    """The DeepSpeed config as a dict (None without one); invalid JSON is a user error."""
+    if not path:
+        return None
+    if isinstance(path, dict):
+        return path
+    return read_json_object(path, "--deepspeed ", "start from the shipped ds_config.json")
