@@ -78,7 +78,7 @@ def flag_problems(model_args, data_args, training_args):
                         "give both as csv (texttocsv.py converts .txt) or both in the same format")
     texts = [path for path in (train, validation) if path and builder_for(path) == "text"]
     if texts and not data_args.keep_linebreaks:
-        # It used to make every line of a .txt file an example of its own; a .txt file is now one document.
+        # A .txt file is one document; one example per line is what texttocsv.py --split line makes.
         problems.append(f"--no_keep_linebreaks: a .txt file is read whole, one example with its line breaks; "
                         f"for one example per line, without its line break, convert it first: "
                         f"python texttocsv.py {texts[0]} --split line, and train on the .csv")

@@ -9,7 +9,7 @@ from transformers import TrainerCallback
 # DeepSpeed's CPU accelerator (ops/csrc/cpu/comm/shm.cpp) gives every process a 66 MB POSIX shared-memory segment
 # for its all-reduce, named after the user, MASTER_ADDR, MASTER_PORT and the rank, and never unlinks it: each CPU run
 # under DeepSpeed would leave one file in /dev/shm per process, RAM held until someone deletes it or the machine
-# reboots (seen: 300 of them, 20 GB, after a day of test runs).
+# reboots (a day of test runs leaves hundreds of them, tens of GB).
 SHARED_MEMORY_NAME = "/dev/shm/deepspeed_allreduce_buffer_{uid}_{addr}_{port}_{rank}"
 
 

@@ -52,7 +52,7 @@ def load_raw_texts(data_args, cache_dir=None, training=True):
     builder = next(iter(builders.values()))
     # A .txt file is one document, read whole with its line breaks and blank lines (CRLF and CR become \n, a
     # byte order mark is dropped): the one row texttocsv.py makes of it. The builder's default, a document per
-    # line, put an end-of-text token after every line and taught the model to stop after one.
+    # line, would put an end-of-text token after every line and teach the model to stop after one.
     options = {"sample_by": "document", "encoding": "utf-8-sig"} if builder == "text" else {}
     raw = load_dataset(builder, data_files=files, cache_dir=cache_dir, **options)
     column = data_args.text_column if builder != "text" else "text"
