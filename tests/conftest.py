@@ -1,10 +1,16 @@
-"""Shared fixtures: a tiny GPT-2 and its tokenizer built here, and text cut from the Shakespeare example."""
+"""Shared by every test folder: the environment (offline), a tiny GPT-2 and its tokenizer built here, text cut from
+the Shakespeare example, and the ways a test runs the tool as a user does."""
 
+import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
+
+from clmkit.machine import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -14,6 +20,7 @@ os.environ["WANDB_MODE"] = "disabled"
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 TINY_CONFIG = "n_layer=2,n_embd=64,n_head=2,n_positions=256"
+DEEPSPEED = shutil.which("deepspeed") or os.path.join(os.path.dirname(sys.executable), "deepspeed")
 
 
 def run(args, cwd=None, env=None, timeout=600):
@@ -24,6 +31,75 @@ def run(args, cwd=None, env=None, timeout=600):
 
 def python(script, *args, **kwargs):
     return run([sys.executable, os.path.join(REPO, script), *map(str, args)], **kwargs)
+
+
+def deepspeed_run(*args, cwd=None):
+    """The user's way in: the deepspeed launcher, one process, on a free port (runs side by side don't collide)."""
+    return run([DEEPSPEED, "--num_gpus=1", f"--master_port={free_port()}", os.path.join(REPO, "run_clm.py"),
+                *map(str, args)], cwd=cwd)
+
+
+def common_flags(tiny_model, corpus, out):
+    """A short real run: 24 steps, a checkpoint and an evaluation every 12."""
+    return ["--model_name_or_path", tiny_model, "--train_file", corpus / "train.txt",
+            "--validation_file", corpus / "validation.txt", "--do_train", "--do_eval",
+            "--output_dir", out, "--block_size", 64, "--per_device_train_batch_size", 8,
+            "--max_steps", 24, "--learning_rate", 2e-3, "--logging_steps", 4, "--save_steps", 12,
+            "--eval_strategy", "steps", "--eval_steps", 12, "--seed", 1, "--use_cpu"]
+
+
+def logged_losses(out):
+    with open(out / "trainer_state.json") as f:
+        return [entry["loss"] for entry in json.load(f)["log_history"] if "loss" in entry]
+
+
+def check_trained_run(out):
+    """Loss falls, perplexity is finite and saved, checkpoints and loss.png exist, the model reloads and generates."""
+    losses = logged_losses(out)
+    assert len(losses) >= 5
+    assert losses[-1] < losses[0] - 0.5, losses  # nats: well past noise
+    with open(out / "eval_results.json") as f:
+        metrics = json.load(f)
+    assert math.isfinite(metrics["perplexity"])
+    assert metrics["perplexity"] == pytest.approx(math.exp(metrics["eval_loss"]))
+    with open(out / "train_results.json") as f:
+        assert json.load(f)["train_loss"] > 0
+    assert (out / "checkpoint-12" / "trainer_state.json").is_file()
+    assert (out / "checkpoint-24" / "trainer_state.json").is_file()
+    assert (out / "model.safetensors").is_file()
+    assert (out / "loss.png").stat().st_size > 1000
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    prompt = tokenizer("ROMEO:", return_tensors="pt")
+    generated = model.generate(**prompt, max_new_tokens=20, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    assert generated.shape[1] > prompt["input_ids"].shape[1]
+    assert len(tokenizer.decode(generated[0][prompt["input_ids"].shape[1]:])) > 0
+    return losses
+
+
+BLOCK = 64  # tokens per sequence in the data tests
+
+
+def sequences_of(tmp_path, tiny_model, train, validation=None, extra=()):
+    """(raw texts, tokenized documents, training sequences) as run_clm.py makes them, in this process."""
+    from transformers import AutoTokenizer
+
+    from clmkit.args import parse_args
+    from clmkit.data import load_raw_texts, make_sequences, tokenize_texts
+
+    flags = ["--output_dir", tmp_path / "out", "--do_train", "--use_cpu", "--train_file", train,
+             "--block_size", BLOCK, *extra]
+    if validation:
+        flags += ["--validation_file", validation]
+    _, data_args, training_args, _ = parse_args(list(map(str, flags)))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    raw, column = load_raw_texts(data_args, cache_dir=str(tmp_path / "cache"))
+    tokens = tokenize_texts(raw, column, tokenizer, data_args, training_args)
+    sequences = make_sequences(tokens, tokenizer, BLOCK, data_args, training_args)
+    return raw, tokens, sequences, tokenizer.eos_token_id
 
 
 @pytest.fixture(scope="session")
@@ -41,9 +117,11 @@ def corpus(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_model(corpus, tmp_path_factory):
-    """A 2-layer GPT-2 with a 500-token byte-level BPE tokenizer, both trained/initialised in the test."""
+    """A 2-layer GPT-2 with a 500-token byte-level BPE tokenizer, both made here by tools/make_offline_model.py (in
+    this process: the unit tests start no subprocess)."""
+    from tools.make_offline_model import main as make_offline_model
+
     out = tmp_path_factory.mktemp("tiny") / "model"
-    result = python("tools/make_offline_model.py", "--text", corpus / "train.txt", "--out", out,
-                    "--vocab_size", 500, "--model", TINY_CONFIG)
-    assert result.returncode == 0, result.stderr
+    make_offline_model(["--text", str(corpus / "train.txt"), "--out", str(out), "--vocab_size", "500",
+                        "--model", TINY_CONFIG])
     return out

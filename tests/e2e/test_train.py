@@ -4,68 +4,10 @@ import json
 import math
 import os
 import shutil
-import socket
-import sys
 
 import pytest
 
-from conftest import REPO, python, run
-
-DEEPSPEED = shutil.which("deepspeed") or os.path.join(os.path.dirname(sys.executable), "deepspeed")
-
-
-def free_port():
-    """A port for the launcher's rendezvous, so runs side by side don't collide on the default 29500."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def deepspeed_run(*args, cwd=None):
-    """The user's way in: the deepspeed launcher, one process."""
-    return run([DEEPSPEED, "--num_gpus=1", f"--master_port={free_port()}", os.path.join(REPO, "run_clm.py"),
-                *map(str, args)], cwd=cwd)
-
-
-def common_flags(tiny_model, corpus, out):
-    return ["--model_name_or_path", tiny_model, "--train_file", corpus / "train.txt",
-            "--validation_file", corpus / "validation.txt", "--do_train", "--do_eval",
-            "--output_dir", out, "--block_size", 64, "--per_device_train_batch_size", 8,
-            "--max_steps", 24, "--learning_rate", 2e-3, "--logging_steps", 4, "--save_steps", 12,
-            "--eval_strategy", "steps", "--eval_steps", 12, "--seed", 1, "--use_cpu"]
-
-
-def logged_losses(out):
-    with open(out / "trainer_state.json") as f:
-        return [entry["loss"] for entry in json.load(f)["log_history"] if "loss" in entry]
-
-
-def check_trained_run(out):
-    """Loss falls, perplexity is finite and saved, checkpoints and loss.png exist, the model reloads and generates."""
-    losses = logged_losses(out)
-    assert len(losses) >= 5
-    assert losses[-1] < losses[0] - 0.5, losses  # nats: well past noise
-    with open(out / "eval_results.json") as f:
-        metrics = json.load(f)
-    assert math.isfinite(metrics["perplexity"])
-    assert metrics["perplexity"] == pytest.approx(math.exp(metrics["eval_loss"]))
-    with open(out / "train_results.json") as f:
-        assert json.load(f)["train_loss"] > 0
-    assert (out / "checkpoint-12" / "trainer_state.json").is_file()
-    assert (out / "checkpoint-24" / "trainer_state.json").is_file()
-    assert (out / "model.safetensors").is_file()
-    assert (out / "loss.png").stat().st_size > 1000
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(out)
-    tokenizer = AutoTokenizer.from_pretrained(out)
-    prompt = tokenizer("ROMEO:", return_tensors="pt")
-    generated = model.generate(**prompt, max_new_tokens=20, do_sample=False, pad_token_id=tokenizer.eos_token_id)
-    assert generated.shape[1] > prompt["input_ids"].shape[1]
-    assert len(tokenizer.decode(generated[0][prompt["input_ids"].shape[1]:])) > 0
-    return losses
-
+from conftest import DEEPSPEED, REPO, check_trained_run, common_flags, deepspeed_run, logged_losses, python, run
 
 def test_deepspeed_zero2_offload_trains_evaluates_saves(tiny_model, corpus, tmp_path):
     out = tmp_path / "ds"
@@ -101,17 +43,6 @@ def test_separate_examples_masks_padding(tiny_model, corpus, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     losses = logged_losses(out)
     assert losses[-1] < losses[0]
-
-    from transformers import AutoTokenizer
-
-    from clmkit.data import pad_examples
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    ids = tokenizer(["To be", "or not to be, that is the question"])["input_ids"]
-    batch = pad_examples({"input_ids": ids}, 8, tokenizer.eos_token_id)
-    assert all(len(seq) == 8 for seq in batch["input_ids"])
-    for mask, labels in zip(batch["attention_mask"], batch["labels"]):
-        assert [label == -100 for label in labels] == [m == 0 for m in mask]
 
 
 CLASSIC_COMMAND = (
@@ -162,11 +93,3 @@ def test_arguments_from_a_json_file(launcher, tiny_model, corpus, tmp_path):
     with open(out / "trainer_state.json") as f:
         assert json.load(f)["global_step"] == 3
 
-
-def test_gradient_checkpointing_on_by_default():
-    from clmkit.args import parse_args
-
-    _, _, on = parse_args(["--output_dir", "x", "--do_train"])
-    _, _, off = parse_args(["--output_dir", "x", "--do_train", "--no_gradient_checkpointing"])
-    assert on.gradient_checkpointing is True
-    assert off.gradient_checkpointing is False

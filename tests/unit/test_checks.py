@@ -1,0 +1,50 @@
+"""The input checks as functions: precision against the machine, where a file stops being UTF-8, a model folder
+without weights."""
+
+import pytest
+
+from clmkit.checks import first_non_utf8_byte, precision_problems
+from clmkit.loading import model_weights_problems
+
+
+@pytest.mark.parametrize("fp16,bf16,use_cpu,cuda,bf16_ok,expected", [
+    (True, False, False, False, False, "fp16 needs a CUDA GPU and this machine has none; on CPU use --bf16 --use_cpu"),
+    (True, False, True, False, False, "fp16 needs a CUDA GPU and this machine has none; on CPU use --bf16 or no"),
+    (True, False, True, True, True, "--fp16 with --use_cpu: fp16 needs a CUDA GPU; drop --use_cpu"),
+    (True, False, False, True, False, None),  # fp16 on any CUDA card
+    (False, True, False, True, False, "--bf16: this GPU has no bf16 support"),
+    (False, True, False, True, True, None),
+    (False, True, False, False, False, "--bf16: this machine has no CUDA GPU; add --use_cpu"),
+    (False, True, True, False, False, None),  # bf16 on the CPU
+    (True, True, False, True, True, "--fp16 and --bf16: give one of them"),
+    (False, False, False, False, False, None),
+])
+def test_precision_against_the_machine(fp16, bf16, use_cpu, cuda, bf16_ok, expected):
+    problems = precision_problems(fp16, bf16, use_cpu, cuda_available=cuda, bf16_supported=bf16_ok)
+    if expected is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and expected in problems[0], problems
+    if bf16 and not fp16 and cuda and not bf16_ok:
+        assert "use --fp16" in problems[0]
+
+
+def test_non_utf8_offset_across_chunks(tmp_path):
+    path = tmp_path / "text.txt"
+    data = ("é" * 10 + "\n").encode() * 3 + b"ab\xff"  # each line 21 bytes; 0xff at 65, line 4
+    path.write_bytes(data)
+    for chunk_size in (1, 2, 5, 1 << 20):  # a chunk may end inside a two-byte character
+        assert first_non_utf8_byte(path, chunk_size) == (65, 0xFF, 4)
+    path.write_bytes("ok é\n".encode() + b"\xc3")  # cut off in the middle of a character
+    assert first_non_utf8_byte(path, 3) == (6, 0xC3, 2)
+    path.write_bytes("fine é\n".encode())
+    assert first_non_utf8_byte(path, 2) is None
+
+
+def test_model_folder_without_weights(tmp_path, tiny_model):
+    """Caught before loading: --config_name and --tokenizer_name given, the weights' folder empty."""
+    assert model_weights_problems(str(tiny_model)) == []
+    (problem,) = model_weights_problems(str(tmp_path))
+    assert problem.startswith(f"--model_name_or_path {tmp_path}: the folder has no model weights")
+    (problem,) = model_weights_problems(str(tmp_path / "gone"))
+    assert f"{tmp_path / 'gone'}: no such folder" in problem

@@ -1,0 +1,125 @@
+"""The memory estimate, checked in ways its fitted constants cannot satisfy by construction: properties any correct
+estimate has, and a prediction written down before the run that measured it (docs/plan-calibration.md)."""
+
+import dataclasses
+
+import pytest
+from transformers import GPT2Config, GPTNeoConfig
+
+from clmkit.machine import GiB, Machine
+from clmkit.plan import Plan, Setup, estimate, model_shape
+from clmkit.plan_report import report, stop_problems
+from conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def xl():
+    return model_shape(GPT2Config(n_embd=1600, n_layer=48, n_head=25))
+
+
+CLASSIC = Setup(micro_batch=8, accumulation=2, block_size=1024, precision="fp16", checkpointing=True,
+                deepspeed="ds_config.json", stage=2, offload_optimizer=True, pin_memory=True, overlap_comm=True)
+BF16_MODE = Setup(micro_batch=8, accumulation=2, block_size=1024, precision="bf16", checkpointing=True,
+                  chunk_tokens=2048, weights="bf16", optim="adamw_torch_8bit")
+
+
+def machine(gpu_gib=16, ram_gib=64, disk_gib=500):
+    return Machine(gpus=[("GPU 0 (assumed)", gpu_gib * GiB)], gpu_note="", ram=ram_gib * GiB, ram_note="",
+                   disk=disk_gib * GiB, disk_path="/", disk_note="")
+
+
+def test_the_shape_is_gpt2_xl(xl):
+    assert xl.n_params == 1_557_611_200  # GPT-2 XL's published count, tied embeddings once
+    assert (xl.hidden, xl.layers, xl.heads, xl.vocab) == (1600, 48, 25, 50257)
+
+
+@pytest.mark.parametrize("setup", [CLASSIC, BF16_MODE], ids=["classic", "bf16-mode"])
+def test_a_bigger_micro_batch_grows_activations_not_model_states(xl, setup):
+    one, two = estimate(xl, setup), estimate(xl, dataclasses.replace(setup, micro_batch=2 * setup.micro_batch))
+    assert two.gpu_states == one.gpu_states and two.gpu_buffers == one.gpu_buffers
+    assert two.host_optimizer == one.host_optimizer and two.disk_checkpoint == one.disk_checkpoint
+    assert two.kept == pytest.approx(2 * one.kept, rel=1e-9)
+    assert two.activations > one.activations
+
+
+def test_offloading_the_optimizer_moves_adam_state_from_gpu_to_host(xl):
+    offloaded = estimate(xl, CLASSIC)
+    on_gpu = estimate(xl, dataclasses.replace(CLASSIC, offload_optimizer=False, pin_memory=False))
+    assert offloaded.host_optimizer == 8 * xl.n_params  # Adam's fp32 m and v
+    assert on_gpu.host_optimizer == 0
+    # On the GPU: fp32 master weights and m and v (12 bytes a parameter) instead of none
+    assert on_gpu.gpu_states - offloaded.gpu_states >= 12 * xl.n_params
+    assert on_gpu.host < offloaded.host
+
+
+def test_gradient_checkpointing_keeps_one_input_per_layer(xl):
+    with_it = estimate(xl, CLASSIC)
+    without = estimate(xl, dataclasses.replace(CLASSIC, checkpointing=False))
+    assert without.kept > 10 * with_it.kept  # every layer's activations, not each layer's input
+    assert without.gpu_states == with_it.gpu_states
+
+
+def test_the_chunked_loss_bounds_the_logits_by_the_chunk(xl):
+    whole = estimate(xl, CLASSIC)
+    chunked = estimate(xl, dataclasses.replace(CLASSIC, chunk_tokens=2048))
+    assert chunked.loss == pytest.approx(whole.loss * 2048 / (8 * 1024))
+    sixteen = estimate(xl, dataclasses.replace(CLASSIC, chunk_tokens=2048, micro_batch=16))
+    assert sixteen.loss == chunked.loss  # more tokens, the same chunk
+
+
+def test_an_8bit_adamw_saves_its_state_bytes(xl):
+    eight = estimate(xl, BF16_MODE)
+    full = estimate(xl, dataclasses.replace(BF16_MODE, optim="adamw_torch"))
+    # bf16 m and v (4 bytes) against 8-bit m and v with their scales (2 bytes)
+    assert full.gpu_states - eight.gpu_states == 2 * xl.n_params
+    assert eight.host_optimizer == 0 and eight.host_pinned == 0  # nothing offloaded
+
+
+def test_a_second_gpu_halves_each_gpus_share_of_zero_partitioned_state(xl):
+    no_offload = dataclasses.replace(CLASSIC, offload_optimizer=False, pin_memory=False)
+    one = estimate(xl, no_offload)
+    two = estimate(xl, dataclasses.replace(no_offload, ranks=2))
+    four = estimate(xl, dataclasses.replace(no_offload, ranks=4))
+    # ZeRO-2 partitions gradients, master weights and Adam state, not the 16-bit weights: the partitioned share
+    # halves from 1 to 2 GPUs and again from 2 to 4, the 16-bit weights stay whole on each
+    assert four.gpu_states < two.gpu_states < one.gpu_states
+    assert one.gpu_states - two.gpu_states == pytest.approx(2 * (two.gpu_states - four.gpu_states), rel=1e-6)
+    assert four.gpu_states > 2 * xl.n_params
+    assert two.host_baseline > one.host_baseline  # a second worker process
+
+
+def test_weights_only_checkpoints_hold_the_weights_alone(xl):
+    full = estimate(xl, CLASSIC)
+    weights = estimate(xl, dataclasses.replace(CLASSIC, checkpoints=False))
+    assert weights.disk_checkpoint == weights.disk_weights == 2 * xl.n_params
+    assert full.disk_checkpoint == 16 * xl.n_params  # 16-bit weights twice, fp32 master weights, m and v
+
+
+def test_the_advised_change_fits_where_the_run_as_given_does_not(xl):
+    """fp32 AdamW without DeepSpeed needs 16 bytes a parameter on the GPU, 23 GiB for GPT-2 XL: the plan says it
+    does not fit a 16 GiB card and names a change whose own estimate fits."""
+    plain = Setup(micro_batch=8, accumulation=2, block_size=1024, precision="fp16", checkpointing=True)
+    plan = Plan(xl, plain, machine(), "out")
+    assert plan.status["GPU"] == "does not fit" and plan.verdict == "does not fit"
+    change = plan.change()
+    assert change.startswith("--deepspeed ds_config.json"), change
+    offloaded = dataclasses.replace(plain, deepspeed="ds_config.json", stage=2, offload_optimizer=True,
+                                    pin_memory=True, overlap_comm=True)
+    assert Plan(xl, offloaded, machine(), "out").verdict == "fits"
+    assert "change: --deepspeed ds_config.json" in report(plan)
+
+
+def test_a_run_the_host_cannot_hold_is_stopped_with_its_terms(xl):
+    plan = Plan(xl, CLASSIC, machine(ram_gib=8), "out")
+    (line,) = stop_problems(plan)
+    assert line.startswith("host RAM: the run needs about") and "optimizer state" in line
+    assert stop_problems(Plan(xl, CLASSIC, machine(ram_gib=256), "out")) == []
+
+
+def test_gpt_neo_as_predicted_before_it_was_measured():
+    """Predicted on 2026-11-27, before the run, with no constant refitted to it after: GPT-Neo 2.7B-sized, classic
+    flags, on an H100 capped at 16 GiB, measured 11.59 GiB allocated and 70.8 GiB host RAM (the process tree)."""
+    shape = model_shape(GPTNeoConfig.from_json_file(f"{REPO}/bench/configs/gpt-neo-2.7B/config.json"))
+    needs = estimate(shape, dataclasses.replace(CLASSIC, launcher=True))
+    assert needs.gpu / GiB == pytest.approx(11.59, rel=0.15)
+    assert needs.host / GiB == pytest.approx(70.8, rel=0.15)

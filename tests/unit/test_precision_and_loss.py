@@ -1,0 +1,42 @@
+"""The chunked loss computes the model's own loss and gradient; weights load in the precision they train in."""
+
+from types import SimpleNamespace
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from clmkit.loading import training_dtype
+from clmkit.loss import chunked_causal_lm_loss_sum
+
+
+def test_chunked_loss_equals_full_loss():
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=97, n_positions=64)).eval()
+    ids = torch.randint(0, 97, (3, 40))
+    labels = ids.clone()
+    labels[0, 30:] = -100  # padding masked out
+    full = model(input_ids=ids, labels=labels)
+    full.loss.backward()
+    full_grad = model.transformer.wte.weight.grad.clone()
+    model.zero_grad()
+    hidden = model(input_ids=ids, logits_to_keep=1, output_hidden_states=True).hidden_states[-1]
+    total, count = chunked_causal_lm_loss_sum(hidden, labels, model.get_output_embeddings(), chunk_tokens=16)
+    (total / count).backward()
+    assert count == 3 * 39 - 10
+    assert torch.allclose(total / count, full.loss, rtol=1e-5)
+    assert torch.allclose(model.transformer.wte.weight.grad, full_grad, rtol=1e-4, atol=1e-7)
+
+
+def test_weights_load_in_the_deepspeed_training_precision():
+    """DeepSpeed casts the model to fp16/bf16 and makes its fp32 master copy from that: loading straight into the
+    half precision is the same numbers. Without DeepSpeed the Trainer's autocast needs the checkpoint's fp32."""
+    def args(**kw):
+        return SimpleNamespace(**dict(dict(deepspeed=None, fp16=False, bf16=False), **kw))
+
+    model_args = SimpleNamespace(dtype=None)
+    assert training_dtype(model_args, args(deepspeed="ds_config.json", fp16=True)) is torch.float16
+    assert training_dtype(model_args, args(deepspeed="ds_config.json", bf16=True)) is torch.bfloat16
+    assert training_dtype(model_args, args(deepspeed="ds_config.json")) is None
+    assert training_dtype(model_args, args(fp16=True)) is None
+    assert training_dtype(SimpleNamespace(dtype="float32"), args(deepspeed="ds_config.json", fp16=True)) \
+        is torch.float32
