@@ -34,7 +34,7 @@ def batch(micro, accumulation):
 CLASSIC = "classic"
 # The classic recipe, frozen: the original guide's ds_config (bench/ds_classic.json: ZeRO-2, optimizer offloaded to
 # CPU) with --fp16, micro-batch 8 x accumulation 2, weights loaded in fp32 and cast by DeepSpeed, GPT-2's own GELU,
-# PyTorch's default CUDA allocator; gradient checkpointing is run_clm.py's default. "shipped" is today's
+# PyTorch's default CUDA allocator; gradient checkpointing is run_clm.py's default. "shipped" is the shipped
 # ds_config.json with the same flags.
 BF16_8BIT = ("--bf16", "--dtype", "bfloat16", "--optim", "adamw_torch_8bit", "--chunked_loss")
 BF16_8BIT_SR = (*BF16_8BIT, "--optim_args", "bf16_stochastic_round=True")
