@@ -12,15 +12,14 @@ import argparse
 import datetime
 import json
 import os
-import shutil
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 
-from bench import throughput  # noqa: E402
+from bench import report, runner  # noqa: E402
+from bench.rows import selected_rows  # noqa: E402
 from clmkit.errors import raise_if_any, run_cli  # noqa: E402
-
-TOLERANCE = 0.02  # the issue's bar: final eval loss within 2% of the classic recipe's
 
 
 def parse(argv):
@@ -40,98 +39,35 @@ def parse(argv):
     return parser.parse_args(argv)
 
 
-def run_to_end(name, args, common, log_dir):
-    """One row with evaluation, to its end; its log history (train and eval losses by step)."""
-    config = throughput.CONFIGS[name]
-    out_dir = os.path.join(args.work_dir, "runs", name)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    command = throughput.row_command(config, args, common, out_dir)
-    command += ["--do_eval", "--eval_strategy", "steps", "--eval_steps", str(args.eval_steps),
-                "--per_device_eval_batch_size", "4", "--seed", str(args.seed), "--data_seed", str(args.seed)]
-    log_path = os.path.join(log_dir, f"parity-{name}.log")
-    outcome = throughput.execute(command, throughput.row_env(config, args), log_path, os.path.join(out_dir, "none"),
-                                 timeout=args.timeout, stop_at_stats=False)
-    state_path = os.path.join(out_dir, "trainer_state.json")
-    if not os.path.isfile(state_path):
-        reason = throughput.failure_reason(throughput.read_tail(log_path), outcome["exit_code"])
-        return {"name": name, "status": "failed", "error": reason, "log": log_path}
-    with open(state_path, encoding="utf-8") as f:
-        history = json.load(f)["log_history"]
-    shutil.rmtree(out_dir, ignore_errors=True)  # the curves are what we keep, not GiBs of weights
-    return {"name": name, "status": "ok", "log": log_path, "wall_s": outcome["wall_s"],
-            "train": [(h["step"], h["loss"]) for h in history if "loss" in h],
-            "eval": [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]}
-
-
-def plot(rows, path, title):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for row in rows:
-        if row["status"] != "ok":
-            continue
-        line, = ax.plot(*zip(*row["train"]), alpha=0.5, label=f"{row['name']} train")
-        ax.plot(*zip(*row["eval"]), "o-", color=line.get_color(), label=f"{row['name']} eval")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_title(title, fontsize=9)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def report(rows, args):
-    classic = rows[0]
-    base = classic["eval"][-1][1] if classic["status"] == "ok" and classic["eval"] else None
-    lines = ["| configuration | final eval loss | vs classic | within 2% |", "|---|---:|---:|---|"]
-    for row in rows:
-        if row["status"] != "ok" or not row["eval"]:
-            lines.append(f"| {row['name']} | failed: {row.get('error')} | | |")
-            continue
-        final = row["eval"][-1][1]
-        row["final_eval_loss"] = final
-        if base:
-            row["relative_difference"] = (final - base) / base
-            row["within_tolerance"] = abs(row["relative_difference"]) <= TOLERANCE
-            lines.append(f"| {row['name']} | {final:.4f} | {row['relative_difference']:+.2%} | "
-                         f"{'yes' if row['within_tolerance'] else 'no'} |")
-        else:
-            lines.append(f"| {row['name']} | {final:.4f} | | |")
-    return "\n".join(lines)
+def settings_of(args):
+    """The runner's settings: one GPU, an hour a run, every run to its end with evaluation, the repo's text."""
+    work_dir = os.path.abspath(args.work_dir)
+    eval_flags = ("--do_eval", "--eval_strategy", "steps", "--eval_steps", str(args.eval_steps),
+                  "--per_device_eval_batch_size", "4", "--seed", str(args.seed), "--data_seed", str(args.seed))
+    return runner.Settings(
+        work_dir=work_dir, log_dir=os.path.join(work_dir, "logs"), train_file=os.path.join(REPO, "train.csv"),
+        validation_file=os.path.join(REPO, "validation.csv"), steps=args.steps, block_size=args.block_size,
+        gpu_memory_gib=args.gpu_memory_gib, num_gpus=1, timeout=3600, n_layer=args.n_layer,
+        tiny=os.path.abspath(args.tiny) if args.tiny else None, use_cpu=args.use_cpu, stop_at_stats=False,
+        extra_flags=eval_flags, log_prefix="parity-")
 
 
 def main(argv=None):
     args = parse(argv)
-    names, problems = throughput.selected_rows(args.configs)
+    names, problems = selected_rows(args.configs)
     raise_if_any(problems)
-    for name in ("work_dir", "tiny"):
-        if getattr(args, name):
-            setattr(args, name, os.path.abspath(getattr(args, name)))
-    # what throughput.py's helpers read from their own arguments
-    args.num_gpus, args.timeout, args.let_runs_finish = 1, 3600, True
-    args.train_file = os.path.join(throughput.REPO, "train.csv")
-    args.validation_file = os.path.join(throughput.REPO, "validation.csv")
-    log_dir = os.path.join(args.work_dir, "logs")
-    os.makedirs(log_dir, exist_ok=True)
-    cache_dir = os.path.join(args.work_dir, "hf-cache")
-    throughput.prepare_data(args)
-    model_dir = throughput.prepare_model(args, log_dir)
-    throughput.prepare_runs(args, names, model_dir, cache_dir, log_dir)
-    common = throughput.common_flags(args, model_dir, cache_dir)
+    settings = settings_of(args)
+    prepared = runner.prepare(settings, names)
     rows = []
     for name in names:
         print(f"parity: {name}: {args.steps} steps, eval every {args.eval_steps}", flush=True)
-        rows.append(run_to_end(name, args, common, log_dir))
+        rows.append(report.parity_row(runner.run_row(name, settings, prepared)))
         print(f"parity: {name}: {rows[-1]['status']}", flush=True)
-    model = f"tiny model {args.tiny}" if args.tiny else f"XL-wide GPT-2, {args.n_layer} layers, random init"
+    model = f"tiny model {settings.tiny}" if settings.tiny else f"XL-wide GPT-2, {args.n_layer} layers, random init"
     title = (f"{model}, block {args.block_size}, {args.steps} steps, seed {args.seed}, "
              f"cap {args.gpu_memory_gib:g} GiB\n"
-             + ", ".join(f"{k} {v}" for k, v in throughput.versions().items()))
-    table = report(rows, args)
+             + ", ".join(f"{k} {v}" for k, v in report.versions().items()))
+    table = report.parity_table(rows)
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = f"# Quality parity against the classic recipe\n\n{title.replace(chr(10), ', ')} · {when}\n\n{table}\n"
     os.makedirs(os.path.dirname(os.path.abspath(args.out_prefix)), exist_ok=True)
@@ -139,7 +75,7 @@ def main(argv=None):
         f.write(text)
     with open(args.out_prefix + ".json", "w", encoding="utf-8") as f:
         json.dump({"title": title, "when": when, "rows": rows}, f, indent=1)
-    plot(rows, args.out_prefix + ".png", title)
+    report.plot_curves(rows, args.out_prefix + ".png", title)
     print(text)
     return 0 if all(row["status"] == "ok" for row in rows) else 1
 

@@ -1,19 +1,20 @@
 """bench/throughput.py runs real rows (a tiny GPT-2 on the CPU under the deepspeed launcher) into one table,
-keeps going past a row that fails, and says why it failed in one line."""
+keeps going past a row that fails, and says why it failed in one line; bench/parity.py runs rows to their end and
+compares their eval curves."""
 
 import json
-import os
 
 import psutil
 import pytest
 
-from conftest import REPO, python
+from conftest import python
 
 from bench import throughput
+from bench.rows import CONFIGS, Config
 
 
 def test_table_of_real_runs_survives_a_failing_row(tiny_model, corpus, tmp_path, monkeypatch):
-    monkeypatch.setitem(throughput.CONFIGS, "broken", throughput.Config("ds_config.json", ("--no_such_flag",)))
+    monkeypatch.setitem(CONFIGS, "broken", Config("ds_config.json", ("--no_such_flag",)))
     prefix = tmp_path / "docs" / "benchmark"
     logs = tmp_path / "logs"
     code = throughput.main([
@@ -54,6 +55,7 @@ def test_table_of_real_runs_survives_a_failing_row(tiny_model, corpus, tmp_path,
     assert table[1].startswith("| classic | 1 | 16 | ") and table[1].endswith(" | 1.00 | — |")
     assert "| broken | 1 | 16 | failed: unknown flag(s): --no_such_flag" in markdown
 
+    assert "prepare: data tokenized" in (logs / "prepare.log").read_text()
     for name in rows:
         assert (logs / f"{name}.log").is_file()
         # The data was tokenized once beforehand, into the cache every row reads.
@@ -62,72 +64,11 @@ def test_table_of_real_runs_survives_a_failing_row(tiny_model, corpus, tmp_path,
                 and child.status() != psutil.STATUS_ZOMBIE]  # every run stopped, launcher and workers
 
 
-OOM_LOG = """\
-[2026-01-01 10:00:00,000] [INFO] [launch.py:256:main] process 1234 spawned with command: [...]
-Traceback (most recent call last):
-  File "run_clm.py", line 150, in <module>
-torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 1.53 GiB. GPU 0 has a total capacity of 79.19 GiB \
-of which 60.10 GiB is free. Including non-PyTorch memory, this process has 16.00 GiB memory in use.
-[2026-01-01 10:00:09,000] [INFO] [launch.py:253:sigkill_handler] Killing subprocess 1234
-[2026-01-01 10:00:09,000] [ERROR] [launch.py:259:sigkill_handler] ['python', '-u', 'run_clm.py'] exits with \
-return code = 1
-"""
-
-
-def test_failure_reason_finds_the_meaningful_line():
-    reason = throughput.failure_reason
-    assert reason(OOM_LOG, 1) == "CUDA out of memory. Tried to allocate 1.53 GiB"
-    crash = "noise\nTraceback (most recent call last):\nRuntimeError: NCCL timeout\nsubprocess.CalledProcessError: x\n"
-    assert reason(crash, 1) == "RuntimeError: NCCL timeout"
-    assert reason("error: --train_file x.csv: no such file\nerror: --fp16: no GPU\n", 2) == \
-        "--train_file x.csv: no such file; --fp16: no GPU"
-    killed = "[2026-01-01 10:00:00,000] [ERROR] [launch.py:259:sigkill_handler] [...] exits with return code = -9\n"
-    assert reason(killed, 247) == "killed by SIGKILL (host out of memory?)"
-    assert reason("RuntimeError: DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes", 1) \
-        .startswith("host out of memory: ")
-    assert reason("something odd\n", 3) == "exit code 3: something odd"
-
-
-def test_rows_are_what_the_issue_asks_for():
-    configs = throughput.CONFIGS
-    assert list(configs)[:2] == ["classic", "shipped"]
-    # classic is the original recipe, frozen: ZeRO-2, optimizer offloaded, fp16, 8 x 2, weights loaded in fp32
-    assert configs["classic"] == throughput.Config("bench/ds_classic.json", (
-        "--fp16", "--dtype", "float32", "--no_fused_gelu", "--per_device_train_batch_size", "8",
-        "--gradient_accumulation_steps", "2"), env={"PYTORCH_CUDA_ALLOC_CONF": ""})
-    with open(os.path.join(REPO, "bench", "ds_classic.json")) as f:
-        classic = json.load(f)
-    assert classic["zero_optimization"]["stage"] == 2
-    assert classic["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
-    # shipped: today's ds_config.json with the classic command's flags
-    assert configs["shipped"] == throughput.Config("ds_config.json", configs["classic"].flags[:1]
-                                                   + configs["classic"].flags[4:])
-    assert configs["no-offload-80g"].gpu_memory_gib is None
-    # ds_config_zero1.json is the shipped config but for the stage
-    with open(os.path.join(REPO, "ds_config.json")) as f:
-        shipped = json.load(f)
-    with open(os.path.join(REPO, "ds_config_zero1.json")) as f:
-        zero1 = json.load(f)
-    assert (zero1["zero_optimization"].pop("stage"), shipped["zero_optimization"].pop("stage")) == (1, 2)
-    assert zero1 == shipped
-    for name, config in configs.items():
-        if config.ds_config:
-            with open(os.path.join(REPO, config.ds_config)) as f:
-                json.load(f)
-        if config.scales:  # a multi-GPU row is compared with the same configuration on one GPU
-            assert config.gpus > 1 and configs[config.scales].flags == config.flags
-    # The no-offload config is the classic one, "auto" values and all, without the optimizer offload.
-    with open(os.path.join(REPO, "bench", "ds_zero2_no_offload.json")) as f:
-        no_offload = json.load(f)
-    del classic["zero_optimization"]["offload_optimizer"]
-    assert no_offload == classic
-
-
 def test_bad_arguments_are_one_line_each_and_list_shows_the_rows():
     result = python("bench/throughput.py", "--configs", "classic,fastest")
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0, result.stderr
-    assert "fastest" in result.stderr and all(name in result.stderr for name in throughput.CONFIGS)
+    assert "fastest" in result.stderr and all(name in result.stderr for name in CONFIGS)
 
     result = python("bench/throughput.py", "--steps", 3, "--n_layer", 0)
     assert result.returncode == 2
@@ -136,7 +77,7 @@ def test_bad_arguments_are_one_line_each_and_list_shows_the_rows():
     result = python("bench/throughput.py", "--list")
     assert result.returncode == 0, result.stderr
     lines = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
-    assert list(lines) == list(throughput.CONFIGS)
+    assert list(lines) == list(CONFIGS)
     assert " none " in lines["no-offload-80g"] and " 16 GiB " in lines["classic"]
 
 
