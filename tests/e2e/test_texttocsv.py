@@ -9,7 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "texttocsv.py"
+from conftest import REPO
+
+SCRIPT = Path(REPO) / "texttocsv.py"
 
 # Quotes, commas, blank lines and non-ASCII are what a naive csv writer gets wrong.
 POEM = 'From off a hill, "whose" concave womb\n\n\nre-worded — ŝ\n  indented line\n'
