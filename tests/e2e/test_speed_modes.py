@@ -33,14 +33,14 @@ def test_chunked_loss_and_fused_gelu_train_like_the_default(tiny_model, corpus, 
 
 def test_bf16_weights_with_8bit_adamw_learn_like_fp32_adamw(tiny_model, corpus, tmp_path):
     """The no-offload mode: bf16 weights, torchao's 8-bit AdamW with stochastic rounding, chunked loss. Over 16
-    steps its losses track fp32 weights with AdamW within 2% (the bar the parity benchmark holds the final eval loss to), and they
-    fall; the saved weights are bf16."""
+    steps its losses track fp32 weights with AdamW within 2% (the bar the parity benchmark holds the final eval
+    loss to), and they fall; the saved weights are bf16."""
     fast = tmp_path / "fast"
     result = short_run(tiny_model, corpus, fast, "--dtype", "bfloat16", "--bf16", "--optim", "adamw_torch_8bit",
                        "--optim_args", "bf16_stochastic_round=True", "--chunked_loss", steps=16)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     # what it prints says so (the label looked at --bf16 only, as if the weights were fp32 under autocast)
-    assert "parameters, bf16 weights (bf16 autocast), plain PyTorch" in result.stdout
+    assert "parameters (gpt2), bf16 weights (bf16 autocast), plain PyTorch" in result.stdout
     reference = tmp_path / "fp32"
     result = short_run(tiny_model, corpus, reference, steps=16)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
