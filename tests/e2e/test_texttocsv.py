@@ -9,7 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "texttocsv.py"
+from conftest import REPO
+
+SCRIPT = Path(REPO) / "texttocsv.py"
 
 # Quotes, commas, blank lines and non-ASCII are what a naive csv writer gets wrong.
 POEM = 'From off a hill, "whose" concave womb\n\n\nre-worded — ŝ\n  indented line\n'
@@ -289,6 +291,17 @@ def test_from_folder_takes_txt_files_of_any_case(tmp_path):
 
     assert result.returncode == 0, result.stderr
     assert rows(tmp_path / "texts.csv") == ["upper\n", "mixed\n", "lower\n"]
+
+
+def test_from_folder_sorts_names_as_a_person_reads_them(tmp_path):
+    """a.txt before B.TXT, not after it as character codes would put it."""
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "B.TXT").write_text("second\n", encoding="utf-8")
+    (texts / "a.txt").write_text("first\n", encoding="utf-8")
+    (texts / "c.txt").write_text("third\n", encoding="utf-8")
+    assert run(tmp_path, "--from_folder", "texts").returncode == 0
+    assert rows(tmp_path / "texts.csv") == ["first\n", "second\n", "third\n"]
 
 
 @pytest.mark.parametrize("where", [["--output", "texts/all.csv"], ["--output", "texts/../texts/all.csv"],
