@@ -21,25 +21,27 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # clmkit/ beside
 # (set before torch is imported; a value the user set wins).
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
-import torch.distributed as dist  # noqa: E402
-from transformers import set_seed  # noqa: E402
-
-from clmkit import checks  # noqa: E402
+from clmkit import checks  # noqa: E402  (first: clmkit quiets the libraries' known-harmless messages)
 from clmkit.args import deepspeed_config, parse_args  # noqa: E402
 from clmkit.buildlocks import clear_stale_build_locks  # noqa: E402
-from clmkit.checkpoints import delete_replaced_runs, finished_at, prepare_resume, resume_point  # noqa: E402
-from clmkit.cpucomm import release_shared_memory, start_deepspeed_comm_on_cpu  # noqa: E402
+from clmkit.checkpoints import (delete_replaced_runs, finished_at, prepare_resume, resume_point,  # noqa: E402
+                                what_a_rerun_finds)  # noqa: E402
+from clmkit.cpucomm import prepare_deepspeed_on_cpu, release_shared_memory  # noqa: E402
 from clmkit.data import load_raw_texts, make_sequences, split_sequences, tokenize_texts  # noqa: E402
 from clmkit.errors import UsageError, raise_if_any, run_cli  # noqa: E402
 from clmkit.loading import load_model_for_training  # noqa: E402
-from clmkit.machine import apply_gpu_memory_cap, first_process  # noqa: E402
+from clmkit.machine import apply_gpu_memory_cap, first_process, settle_cpu_threads  # noqa: E402
 from clmkit.plan import make_plan  # noqa: E402
 from clmkit.plan_report import report, startup_summary, stop_problems  # noqa: E402
-from clmkit.trainer import build_trainer, save_final_model, stop_signal  # noqa: E402
+from clmkit.trainer import build_trainer, describe, save_final_model, stop_signal  # noqa: E402
+
+import torch.distributed as dist  # noqa: E402
+from transformers import set_seed  # noqa: E402
 
 
 def main(argv=None):
     apply_gpu_memory_cap()  # before anything touches the GPU
+    settle_cpu_threads()  # before the flags are parsed: TrainingArguments starts the process group
     model_args, data_args, training_args, refused = parse_arguments(argv)
     config, tokenizer, block_size, plan = check_inputs(model_args, data_args, training_args, refused)
     if training_args.plan:  # --plan: the whole plan, nothing loaded
@@ -48,9 +50,9 @@ def main(argv=None):
     if training_args.do_train and already_finished(training_args):  # a rerun of a finished command
         leave_process_group(training_args)
         return
-    train_set, eval_set = load_data(data_args, model_args, training_args, tokenizer, block_size)
+    train_set, eval_set, notes = load_data(data_args, model_args, training_args, tokenizer, block_size)
     show(startup_summary(plan, training_args, len(train_set) if training_args.do_train else None,
-                         len(eval_set) if eval_set is not None else 0))
+                         len(eval_set) if eval_set is not None else 0, notes))
     model = load_model(model_args, config, tokenizer, training_args)
     trainer = build_trainer(model, tokenizer, training_args, block_size, train_set, eval_set)
     if training_args.do_train:
@@ -61,7 +63,15 @@ def main(argv=None):
 
 
 def parse_arguments(argv):
-    model_args, data_args, training_args, refused = parse_args(argv)
+    try:
+        model_args, data_args, training_args, refused = parse_args(argv)
+    except dist.DistNetworkError as err:  # TrainingArguments starts the process group of a launched run
+        if "EADDRINUSE" not in str(err):
+            raise
+        port = os.environ.get("MASTER_PORT", "29500")
+        raise UsageError(f"port {port}, where the launcher's processes meet, is in use (another run on this "
+                         f"machine?); give the launcher a free one: deepspeed --master_port {int(port) + 1} "
+                         f"--num_gpus=N run_clm.py ... (torchrun takes --master_port too)") from None
     if not (training_args.do_train or training_args.do_eval):
         raise UsageError("nothing to do: add --do_train and/or --do_eval")
     return model_args, data_args, training_args, refused
@@ -103,18 +113,20 @@ def already_finished(training_args):
 
 def load_data(data_args, model_args, training_args, tokenizer, block_size):
     """Read, tokenize and cut the text once (on each node): the first process does it and fills the datasets cache,
-    the others then read that cache. Too little text is reported with its token count and a fix."""
+    the others then read that cache. Too little text is reported with its token count and a fix.
+    (train set, eval set, a line on the examples of each prompt/completion file)."""
     with training_args.main_process_first(desc="reading the text files"):
-        raw, column = load_raw_texts(data_args, cache_dir=model_args.cache_dir, training=training_args.do_train)
-    tokens = tokenize_texts(raw, column, tokenizer, data_args, training_args)
-    sequences = make_sequences(tokens, tokenizer, block_size, data_args, training_args)
-    return split_sequences(sequences, data_args, block_size, tokens, evaluating=training_args.do_eval)
+        raw, kinds = load_raw_texts(data_args, cache_dir=model_args.cache_dir, training=training_args.do_train)
+    tokens = tokenize_texts(raw, kinds, tokenizer, data_args, training_args)
+    sequences, notes = make_sequences(tokens, kinds, tokenizer, block_size, data_args, training_args)
+    train_set, eval_set = split_sequences(sequences, data_args, block_size, tokens, training_args.do_eval, kinds)
+    return train_set, eval_set, list(notes.values())
 
 
 def load_model(model_args, config, tokenizer, training_args):
     if training_args.deepspeed:
         clear_stale_build_locks()  # else a run killed while DeepSpeed built its CPU Adam blocks every rerun
-    start_deepspeed_comm_on_cpu(training_args)  # ZeRO-3 partitions the model as it is built
+    prepare_deepspeed_on_cpu(training_args)  # before the model: ZeRO-3 partitions it as it is built
     set_seed(training_args.seed)  # a model built from a config draws its weights now: the same --seed, the same init
     return load_model_for_training(model_args, config, tokenizer, training_args)
 
@@ -124,11 +136,17 @@ def train(trainer, training_args, train_set):
     checkpoint and stop."""
     checkpoint = resume_point(training_args)
     prepare_resume(trainer, checkpoint)  # another GPU count: DeepSpeed's universal checkpoint
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    try:
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+    except KeyboardInterrupt:  # a second Ctrl-C
+        if first_process():
+            print(f"\nstopped at once by a second Ctrl-C; {what_a_rerun_finds(training_args.output_dir)}",
+                  file=sys.stderr, flush=True)
+        sys.exit(128 + signal.SIGINT)
     received = stop_signal(trainer)
     if received:
         step = trainer.state.global_step
-        show(f"stopped by {signal.Signals(received).name} after step {step}: checkpoint saved in "
+        show(f"stopped by {describe(received)} after step {step}: checkpoint saved in "
              f"{training_args.output_dir}/checkpoint-{step}; rerun the same command to continue")
         leave_process_group(training_args)
         sys.exit(128 + received)
@@ -142,7 +160,15 @@ def train(trainer, training_args, train_set):
 
 
 def evaluate(trainer, eval_set):
-    metrics = trainer.evaluate()
+    """The eval loss and perplexity of the final model; an evaluation the Trainer just made at the last step
+    (--eval_strategy) is that already."""
+    last = next((entry for entry in reversed(trainer.state.log_history) if "eval_loss" in entry), {})
+    if trainer.args.do_train and last.get("step") == trainer.state.global_step:
+        metrics = {key: value for key, value in last.items() if key != "step"}
+    else:
+        metrics = trainer.evaluate()
+    if not trainer.args.do_train:
+        metrics.pop("epoch", None)  # nothing was trained here: no epoch to speak of
     metrics["eval_samples"] = len(eval_set)
     metrics["perplexity"] = math.exp(metrics["eval_loss"]) if metrics["eval_loss"] < 700 else float("inf")
     trainer.log_metrics("eval", metrics)

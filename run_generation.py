@@ -51,8 +51,12 @@ def main(argv=None):
 # ---------------------------------------------------------------- flags
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module text as written, and each flag's default after its help."""
+
+
 def parse(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter, allow_abbrev=False)
     parser.add_argument("--model_name_or_path", required=True,
                         help="Folder the model was saved in: the --output_dir of run_clm.py.")
     parser.add_argument("--model_type", default=None,

@@ -128,7 +128,9 @@ def folder_texts(folder):
         raise InputError(
             f"--from_folder {folder}: is a file, not a folder; name the file "
             f"without --from_folder to convert it")
-    texts = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".txt" and p.is_file())
+    # By name as a person reads it (a.txt before B.TXT), not by character code; ties in case by the exact name.
+    texts = sorted((p for p in folder.iterdir() if p.suffix.lower() == ".txt" and p.is_file()),
+                   key=lambda p: (p.name.casefold(), p.name))
     if not texts:
         raise InputError(
             f"--from_folder {folder}: has no .txt files; put the texts in "

@@ -1,6 +1,8 @@
 """Command-line arguments of run_clm.py: model, data and training flags, or one JSON file of them."""
 
+import argparse
 import dataclasses
+import difflib
 import json
 import re
 import sys
@@ -75,10 +77,11 @@ class ModelArguments:
 @dataclass
 class DataArguments:
     train_file: Optional[str] = field(
-        default=None, metadata={"help": "Training text: a .csv or .json/.jsonl with a 'text' column, or a .txt file."}
+        default=None, metadata={"help": "Training text: a .txt file (one document), or a .csv or .json/.jsonl file with a "
+                                        "'text' column, or with 'prompt' and 'completion' columns."}
     )
     validation_file: Optional[str] = field(
-        default=None, metadata={"help": "Evaluation text, same formats as --train_file."}
+        default=None, metadata={"help": "Evaluation text, in any of the formats of --train_file."}
     )
     validation_split_percentage: int = field(
         default=5,
@@ -87,6 +90,15 @@ class DataArguments:
     )
     text_column: str = field(
         default="text", metadata={"help": "Column of the csv/json files that holds the text."}
+    )
+    prompt_column: str = field(
+        default="prompt",
+        metadata={"help": "In a csv/json file of prompt/completion examples (one without the text column): the "
+                          "column of the prompts. Each example is trained as one sequence, the prompt followed by "
+                          "its completion, with the loss on the completion's tokens only."},
+    )
+    completion_column: str = field(
+        default="completion", metadata={"help": "The column of the completions (see --prompt_column)."}
     )
     block_size: Optional[int] = field(
         default=None,
@@ -196,16 +208,41 @@ def translate_legacy_flags(argv: list[str]) -> list[str]:
     return out
 
 
-def parse_args(argv=None):
-    """(model_args, data_args, training_args, refused) from flags or from one .json file. `refused` holds one line
-    for each flag TrainingArguments itself refused; those flags are set aside (to their defaults) so that the checks
-    can still report every other problem in the same run."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser((ModelArguments, DataArguments, ClmTrainingArguments))
+DESCRIPTION = """Fine-tune every parameter of a causal language model on your text, on one or more GPUs.
+
+  deepspeed --num_gpus=1 run_clm.py --deepspeed ds_config.json --model_name_or_path gpt2-xl \\
+      --train_file train.csv --validation_file validation.csv --do_train --do_eval --fp16 --output_dir finetuned
+
+Flags can also come from one JSON file of {"flag": value} pairs (python run_clm.py args.json); flags after the
+file override its values. Rerunning the same command resumes from the newest checkpoint in --output_dir.
+This tool's own flags come first below, then those of Transformers' Trainer."""
+
+
+def make_parser():
+    parser = HfArgumentParser((ModelArguments, DataArguments, ClmTrainingArguments), description=DESCRIPTION,
+                              usage="run_clm.py [FLAGS] | run_clm.py FLAGS.json [FLAGS]",
+                              formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.error = _one_line_error  # argparse would print the whole usage (hundreds of flags) first
-    if argv and argv[-1].endswith(".json") and _launcher_flags_only(argv[:-1]):
-        return _parse_json_file(argv[-1], launcher_flags=argv[:-1])
-    argv = translate_legacy_flags(argv)
+    # Ours first, the run's own switches (--plan, --chunked_loss) ahead of the model and data flags.
+    switches = [name for name in ClmTrainingArguments.__dataclass_fields__
+                if name not in TrainingArguments.__dataclass_fields__]
+    own = switches + [f.name for kind in (ModelArguments, DataArguments) for f in dataclasses.fields(kind)]
+    ours = parser.add_argument_group("this tool's flags")
+    trainer = parser.add_argument_group("Transformers' Trainer flags (TrainingArguments)")
+    actions = [a for a in parser._optionals._group_actions if a.dest != "help"]
+    ours._group_actions = sorted((a for a in actions if a.dest in own), key=lambda a: own.index(a.dest))
+    trainer._group_actions = [a for a in actions if a.dest not in own]
+    parser._optionals._group_actions = [a for a in parser._optionals._group_actions if a.dest == "help"]
+    return parser
+
+
+def parse_args(argv=None):
+    """(model_args, data_args, training_args, refused) from flags, or one .json file of them and flags after it that
+    override its values. `refused` holds one line for each flag TrainingArguments itself refused; those flags are
+    set aside (to their defaults) so that the checks can still report every other problem in the same run."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = make_parser()
+    argv = translate_legacy_flags(_with_json_file_flags(argv))
     refused = []
     try:
         model_args, data_args, training_args, unknown = parser.parse_args_into_dataclasses(
@@ -215,7 +252,7 @@ def parse_args(argv=None):
         (model_args, data_args, training_args), refused = _set_aside_refused(err, parser, argv)
         unknown = []
     if unknown:
-        raise UsageError(f"unknown flag(s): {' '.join(unknown)}; see `python run_clm.py --help`")
+        raise UsageError(*unknown_flag_problems(unknown, parser))
     if _evaluation_only_under_zero_1_or_2(training_args):
         if first_process():
             print("notice: --do_eval without --do_train: evaluating without DeepSpeed (ZeRO has an evaluation-only "
@@ -294,15 +331,42 @@ def _one_line_error(message):
     raise UsageError(f"{message}; see `python run_clm.py --help`")
 
 
+def unknown_flag_problems(unknown, parser):
+    """One line for each flag the parser does not know, with the nearest one it does; a word that is no flag's
+    value is named too."""
+    known = [option for option in parser._option_string_actions if option.startswith("--")]
+    problems = []
+    for word in unknown:
+        name = word.split("=", 1)[0]
+        if not name.startswith("-"):
+            if not problems:
+                problems.append(f"unexpected argument {word!r}: flags are written --name value; "
+                                "see `python run_clm.py --help`")
+            continue
+        nearest = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        hint = f"did you mean {nearest[0]}?" if nearest else "see `python run_clm.py --help`"
+        problems.append(f"unknown flag {name}: {hint}")
+    return problems
+
+
 def _launcher_flags_only(argv):
     """Nothing, or what the deepspeed launcher puts before the script's own arguments: --local_rank=N."""
     return argv == [] or (len(argv) == 1 and re.fullmatch(r"--local_rank=\d+", argv[0]) is not None) or \
         (len(argv) == 2 and argv[0] == "--local_rank" and argv[1].isdigit())
 
 
-def _parse_json_file(path, launcher_flags=()):
+def _with_json_file_flags(argv):
+    """argv with a .json file of flags (after the launcher's own, if any) replaced by the flags it holds; the flags
+    after the file come later, so their values win."""
+    for at, word in enumerate(argv):
+        if word.endswith(".json") and _launcher_flags_only(argv[:at]):
+            return argv[:at] + _json_file_flags(word) + argv[at + 1:]
+    return argv
+
+
+def _json_file_flags(path):
     values = read_json_object(path, "", "give one JSON object of flag names and values, or the flags themselves")
-    argv = list(launcher_flags)
+    argv = []
     for key, value in values.items():
         if value is None:  # null: the flag's default
             continue
@@ -311,4 +375,4 @@ def _parse_json_file(path, launcher_flags=()):
             argv += [str(v) for v in value]
         else:
             argv.append(json.dumps(value) if isinstance(value, dict) else str(value))
-    return parse_args(argv)
+    return argv

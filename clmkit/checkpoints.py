@@ -82,11 +82,8 @@ def set_aside_previous_run(output_dir):
 def resume_point(training_args):
     """The checkpoint to resume from, or None to start at step 0; says which on one line."""
     output_dir = training_args.output_dir
-    if training_args.resume_from_checkpoint:
+    if training_args.resume_from_checkpoint:  # checked to be a complete checkpoint with the other inputs
         path = training_args.resume_from_checkpoint
-        if not is_complete(path):
-            raise UsageError(f"--resume_from_checkpoint {path}: not a complete checkpoint (no trainer_state.json); "
-                             f"pick another checkpoint-<step> folder or drop the flag")
         if first_process():
             print(f"resuming from {path} (--resume_from_checkpoint)", flush=True)
         return path
@@ -100,6 +97,17 @@ def resume_point(training_args):
         print(f"resuming from {newest} (step {step_of(newest)}); --overwrite_output_dir starts from step 0 "
               "instead", flush=True)
     return newest
+
+
+def what_a_rerun_finds(output_dir):
+    """In words: what rerunning the command does with output_dir as a stop at once left it."""
+    cut_short = [path for _, path in checkpoints_in(output_dir) if not is_complete(path)]
+    newest = newest_complete_checkpoint(output_dir)
+    goes_on = f"resumes from {newest}" if newest else "starts from step 0 (no complete checkpoint)"
+    if cut_short:
+        return (f"{', '.join(cut_short)} was being written and is incomplete: rerunning the same command removes it "
+                f"and {goes_on}")
+    return f"rerunning the same command {goes_on}"
 
 
 def finished_at(training_args):
@@ -151,9 +159,54 @@ class RunShape(TrainerCallback, ExportableState):
                          "accumulation": self.accumulation}, "attributes": {}}
 
 
-def saved_run_shape(checkpoint):
-    """RunShape's record in the checkpoint, or None (written before it was recorded)."""
-    saved = (trainer_state(checkpoint).get("stateful_callbacks") or {}).get(RunShape.__name__)
+class RunFlags(TrainerCallback, ExportableState):
+    """Records in every checkpoint the optimizer and schedule flags it was trained with, so that a resume with other
+    values can say which ones go on."""
+
+    def __init__(self, training_args=None):
+        values = {name: getattr(training_args, name) for name in RESUMED_FLAGS} if training_args else {}
+        self.values = {name: getattr(value, "value", value) for name, value in values.items()}  # enums as text
+
+    def state(self):
+        return {"args": {"values": self.values}, "attributes": {}}
+
+
+# For each flag: which value a resumed run goes on with, without DeepSpeed and with it. The optimizer's state holds
+# its hyperparameters and is loaded from the checkpoint; the Trainer's schedule, the clipping and DeepSpeed's
+# scheduler are built from this run's flags and continue at the checkpoint's step.
+CHECKPOINT, THIS_RUN = "the checkpoint's", "this run's"
+RESUMED_FLAGS = {
+    "learning_rate": (CHECKPOINT, THIS_RUN),
+    "weight_decay": (CHECKPOINT, CHECKPOINT),
+    "adam_beta1": (CHECKPOINT, CHECKPOINT),
+    "adam_beta2": (CHECKPOINT, CHECKPOINT),
+    "adam_epsilon": (CHECKPOINT, CHECKPOINT),
+    "warmup_steps": (THIS_RUN, THIS_RUN),
+    "lr_scheduler_type": (THIS_RUN, THIS_RUN),
+    "max_grad_norm": (THIS_RUN, THIS_RUN),
+}
+
+
+def changed_flag_notices(checkpoint, training_args):
+    """One notice for each flag of RESUMED_FLAGS whose value differs from the one the checkpoint was trained with."""
+    saved = (saved_record(checkpoint, RunFlags) or {}).get("values", {})
+    notices = []
+    for name, winners in RESUMED_FLAGS.items():
+        now = getattr(training_args, name)
+        now = getattr(now, "value", now)  # an enum's text, as it was recorded
+        if name not in saved or saved[name] == now:
+            continue
+        winner = winners[1 if training_args.deepspeed else 0]
+        goes_on = saved[name] if winner == CHECKPOINT else now
+        why = "it is part of the optimizer state" if winner == CHECKPOINT else "it is read from the flags"
+        notices.append(f"notice: --{name} is {now} here and {saved[name]} in {checkpoint}: {winner} value, {goes_on}, "
+                       f"is used from here on ({why}); --overwrite_output_dir starts again from step 0 with {now}")
+    return notices
+
+
+def saved_record(checkpoint, callback):
+    """What a callback of the kind `callback` (an ExportableState) recorded in the checkpoint, or None."""
+    saved = (trainer_state(checkpoint).get("stateful_callbacks") or {}).get(callback.__name__)
     return saved.get("args") if isinstance(saved, dict) else None
 
 
@@ -202,8 +255,10 @@ def prepare_resume(trainer, checkpoint):
         raise UsageError(f"{checkpoint}: written by DeepSpeed (its optimizer state is in {tag}/); add --deepspeed "
                          "with the config it was trained with (e.g. ds_config.json) to resume it, or "
                          "--overwrite_output_dir to start from step 0")
-    shape = saved_run_shape(checkpoint)
+    shape = saved_record(checkpoint, RunShape)
     world = args.world_size
+    for notice in changed_flag_notices(checkpoint, args) if first_process() else []:
+        print(notice, flush=True)
     if shape and first_process():
         before = shape["processes"] * shape["micro_batch"] * shape["accumulation"]
         now = world * args.per_device_train_batch_size * args.gradient_accumulation_steps

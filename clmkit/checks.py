@@ -15,10 +15,14 @@ import re
 import sys
 import tempfile
 
+import huggingface_hub
 import torch
+from transformers.integrations import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
 from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig, set_hf_deepspeed_config
 
-from .data import BUILDERS, builder_for, choose_block_size
+from .checkpoints import is_complete
+
+from .data import BUILDERS, PAIRS, builder_for, choose_block_size, file_kind
 from .errors import UsageError
 from .loading import hub_options, load_config, load_tokenizer, model_weights_problems
 from .machine import GPU_OVERRIDE, nearest_existing, read_deepspeed_config
@@ -30,7 +34,7 @@ def find_problems(model_args, data_args, training_args, ds_config):
     problems = flag_problems(model_args, data_args, training_args)
     for flag, path in (("--train_file", data_args.train_file), ("--validation_file", data_args.validation_file)):
         if path:
-            problems += data_file_problems(flag, path, data_args.text_column)
+            problems += data_file_problems(flag, path, data_args)
     problems += output_dir_problems(training_args.output_dir)
     planning = getattr(training_args, "plan", False)
     problems += machine_precision_problems(training_args.fp16, training_args.bf16, training_args.use_cpu,
@@ -69,13 +73,15 @@ def flag_problems(model_args, data_args, training_args):
         problems.append(f"--validation_split_percentage {pct}: must be 0 to 99 (the share of --train_file held out "
                         "for evaluation); or give --validation_file")
     problems += optimizer_package_problems(str(getattr(training_args.optim, "value", training_args.optim)))
+    problems += reporting_problems(training_args.report_to)
+    problems += hub_problems(training_args)
+    path = training_args.resume_from_checkpoint
+    if path and not is_complete(path):
+        problems.append(f"--resume_from_checkpoint {path}: not a complete checkpoint (no trainer_state.json); pick "
+                        "another checkpoint-<step> folder, or drop the flag to resume from the newest one")
     problems += number_problems({**vars(data_args), **vars(training_args)})
     problems += dtype_problems(model_args, training_args)
     train, validation = data_args.train_file, data_args.validation_file
-    if train and validation and builder_for(train) and builder_for(validation) \
-            and builder_for(train) != builder_for(validation):
-        problems.append(f"--train_file {train} and --validation_file {validation}: different formats; "
-                        "give both as csv (texttocsv.py converts .txt) or both in the same format")
     texts = [path for path in (train, validation) if path and builder_for(path) == "text"]
     if texts and not data_args.keep_linebreaks:
         # A .txt file is one document; one example per line is what texttocsv.py --split line makes.
@@ -146,6 +152,39 @@ def dtype_problems(model_args, training_args):
             f"or drop --dtype"]
 
 
+# The package each reporting integration needs, where its name differs from the integration's.
+REPORTING_PACKAGES = {"azure_ml": "azureml-core", "flyte": "flytekit", "kubeflow": "kubeflow"}
+
+
+def reporting_problems(report_to):
+    """--report_to names that the Trainer would fail on after the model loads: unknown, or not installed here."""
+    problems = []
+    available = set(get_available_reporting_integrations())
+    for name in report_to or []:
+        if name in ("none", "all") or name in available:
+            continue
+        if name not in INTEGRATION_TO_CALLBACK:
+            problems.append(f"--report_to {name}: no such integration; use one of "
+                            f"{', '.join(sorted(INTEGRATION_TO_CALLBACK))}, or none")
+        else:
+            package = REPORTING_PACKAGES.get(name, name)
+            problems.append(f"--report_to {name}: the {package} package is not installed; pip install {package}, "
+                            "or use --report_to none")
+    return problems
+
+
+def hub_problems(training_args):
+    """--push_to_hub needs the hub: online, and a token to write with."""
+    if not training_args.push_to_hub:
+        return []
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
+        return ["--push_to_hub: the hub is offline here (HF_HUB_OFFLINE is set); drop --push_to_hub (the model is "
+                "saved in --output_dir either way), or unset HF_HUB_OFFLINE on a machine with network"]
+    if not (training_args.hub_token or huggingface_hub.get_token()):
+        return ["--push_to_hub: no hub token; log in once with `hf auth login`, or pass --hub_token"]
+    return []
+
+
 def optimizer_package_problems(optim):
     package = OPTIMIZER_PACKAGES.get(optim)
     if package and importlib.util.find_spec(package) is None:
@@ -157,7 +196,7 @@ def optimizer_package_problems(optim):
 # ---------------------------------------------------------------- data files
 
 
-def data_file_problems(flag, path, text_column="text"):
+def data_file_problems(flag, path, data_args):
     """Why `path` cannot be read as training text: missing, empty, unreadable, not UTF-8, no text column."""
     if not os.path.exists(path):
         return [f"{flag} {path}: no such file"]
@@ -180,9 +219,9 @@ def data_file_problems(flag, path, text_column="text"):
         return [f"{flag} {path}: not UTF-8 text (byte 0x{value:02x} at offset {offset}, line {line}); "
                 f"convert it to UTF-8, {fix}"]
     if builder == "csv":
-        return csv_column_problems(flag, path, text_column)
+        return csv_column_problems(flag, path, data_args)
     if builder == "json":
-        return json_column_problems(flag, path, text_column)
+        return json_column_problems(flag, path, data_args)
     return []
 
 
@@ -209,21 +248,29 @@ def first_non_utf8_byte(path, chunk_size=1 << 20):
 def _no_column(flag, path, column, columns):
     has = ", ".join(repr(c) for c in columns) if columns else "none"
     hint = f"--text_column {columns[0]}" if len(columns) == 1 else "--text_column NAME"
-    return [f"{flag} {path}: no '{column}' column (it has: {has}); name the text column with {hint} "
-            "or make the file with texttocsv.py"]
+    return [f"{flag} {path}: no '{column}' column (it has: {has}); name the text column with {hint}, give "
+            "'prompt' and 'completion' columns (--prompt_column, --completion_column), or make the file with "
+            "texttocsv.py"]
 
 
 def _empty_column(flag, path, column):
+    flag_for = "--completion_column" if column != "text" and "completion" in column else "--text_column"
     return [f"{flag} {path}: the '{column}' column is empty in every row; put the text there "
-            "or name another column with --text_column"]
+            f"or name another column with {flag_for}"]
 
 
-def csv_column_problems(flag, path, column):
+def _column_to_check(columns, data_args):
+    """The column that must hold text: the text column, or the completions of a prompt/completion file."""
+    return data_args.completion_column if file_kind(columns, data_args) == PAIRS else data_args.text_column
+
+
+def csv_column_problems(flag, path, data_args):
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # one cell may hold a whole book
     with open(path, encoding="utf-8-sig", newline="") as f:  # pandas, which reads it later, drops a BOM too
         rows = csv.reader(f)
         try:
             header = next(rows, [])
+            column = _column_to_check(header, data_args)
             if column not in header:
                 return _no_column(flag, path, column, [name for name in header if name])
             index = header.index(column)
@@ -235,23 +282,24 @@ def csv_column_problems(flag, path, column):
     return []
 
 
-def json_column_problems(flag, path, column):
+def json_column_problems(flag, path, data_args):
     """The `datasets` json reader takes JSON Lines (one object a line) or one list of objects."""
-    columns, has_text = {}, False
+    columns, has_text = {}, {}
     try:
         for record in json_records(path):
             if not isinstance(record, dict):
                 return [f"{flag} {path}: expected JSON objects, one per line (or one list of them), "
                         "e.g. {\"text\": \"...\"}"]
             columns.update(dict.fromkeys(record))
-            value = record.get(column)
-            has_text = has_text or (isinstance(value, str) and bool(value.strip()))
+            for name, value in record.items():
+                has_text[name] = has_text.get(name) or (isinstance(value, str) and bool(value.strip()))
     except ValueError as err:
         return [f"{flag} {path}: not valid JSON Lines or a JSON list ({err}); "
                 "write one JSON object per line, e.g. {\"text\": \"...\"}"]
+    column = _column_to_check(columns, data_args)
     if column not in columns:
         return _no_column(flag, path, column, list(columns))
-    if not has_text:
+    if not has_text.get(column):
         return _empty_column(flag, path, column)
     return []
 

@@ -1,6 +1,8 @@
 """DeepSpeed on the CPU (--use_cpu): its communication layer, started early for ZeRO-3 and tidied after."""
 
 import contextlib
+import importlib
+import io
 import os
 
 import torch.distributed as dist
@@ -18,12 +20,32 @@ def deepspeed_on_cpu(training_args):
     return bool(training_args.deepspeed and training_args.use_cpu)
 
 
-def start_deepspeed_comm_on_cpu(training_args):
-    """With --use_cpu, accelerate starts torch.distributed (gloo) itself and DeepSpeed's own communication layer waits
+def quiet_shared_memory_build():
+    """DeepSpeed prints a line each time a CPU run loads its shared-memory all-reduce op ("... built successfully");
+    the op is the same every run, so the line only adds noise. Any error it raises still shows."""
+    torch_comm = importlib.import_module("deepspeed.comm.torch")  # the module, not its `torch` attribute
+
+    build = torch_comm.build_shm_op
+    if getattr(build, "quiet", False):
+        return
+
+    def quiet_build():
+        with contextlib.redirect_stdout(io.StringIO()):
+            return build()
+
+    quiet_build.quiet = True
+    torch_comm.build_shm_op = quiet_build
+
+
+def prepare_deepspeed_on_cpu(training_args):
+    """Before the model is built, for a DeepSpeed run with --use_cpu: its op build made quiet, and DeepSpeed handed the
+    process group. accelerate starts torch.distributed (gloo) itself and DeepSpeed's own communication layer waits
     for deepspeed.initialize; but ZeRO-3 builds the model inside deepspeed.zero.Init before that, which then counts 1
-    process and refuses the batch arithmetic of several. Hand DeepSpeed the process group already there. On GPUs
-    accelerate starts DeepSpeed's layer first, and this is never reached."""
-    if not (deepspeed_on_cpu(training_args) and training_args.world_size > 1):
+    process and refuses the batch arithmetic of several. On GPUs accelerate starts DeepSpeed's layer first."""
+    if not deepspeed_on_cpu(training_args):
+        return
+    quiet_shared_memory_build()
+    if training_args.world_size == 1:
         return
     import deepspeed
 

@@ -4,6 +4,8 @@ import math
 import os
 from itertools import chain
 
+from datasets import DatasetDict
+
 from .errors import UsageError
 
 # File extension -> the `datasets` builder that reads it.
@@ -36,8 +38,10 @@ def choose_block_size(data_args, config) -> int:
 
 
 def load_raw_texts(data_args, cache_dir=None, training=True):
-    """A DatasetDict with 'train' and/or 'validation', each with one text column. A run that only evaluates reads
-    the train file only to hold its tail out, when there is no validation file."""
+    """(DatasetDict with 'train' and/or 'validation', {split: TEXT or PAIRS}). A split of running text has one
+    column, 'text'; a split of prompt/completion examples has 'prompt' and 'completion'. Each file is read with its
+    own builder, so a .txt training file and a .csv validation file go together. A run that only evaluates reads the
+    train file only to hold its tail out, when there is no validation file."""
     from datasets import load_dataset
 
     files = {}
@@ -45,22 +49,33 @@ def load_raw_texts(data_args, cache_dir=None, training=True):
         files["train"] = data_args.train_file
     if data_args.validation_file:
         files["validation"] = data_args.validation_file
-    builders = {split: builder_for(path) for split, path in files.items()}
-    if len(set(builders.values())) != 1:
-        raise UsageError(f"--train_file and --validation_file have different formats ({', '.join(files.values())}); "
-                         "convert both to csv with texttocsv.py")
-    builder = next(iter(builders.values()))
-    # A .txt file is one document, read whole with its line breaks and blank lines (CRLF and CR become \n, a
-    # byte order mark is dropped): the one row texttocsv.py makes of it. The builder's default, a document per
-    # line, would put an end-of-text token after every line and teach the model to stop after one.
-    options = {"sample_by": "document", "encoding": "utf-8-sig"} if builder == "text" else {}
-    raw = load_dataset(builder, data_files=files, cache_dir=cache_dir, **options)
-    column = data_args.text_column if builder != "text" else "text"
-    for split, dataset in raw.items():
-        if column not in dataset.column_names:
-            raise UsageError(f"{files[split]}: no '{column}' column (it has: {', '.join(dataset.column_names)}); "
+    raw, kinds = {}, {}
+    for split, path in files.items():
+        builder = builder_for(path)
+        # A .txt file is one document, read whole with its line breaks and blank lines (CRLF and CR become \n, a
+        # byte order mark is dropped): the one row texttocsv.py makes of it. The builder's default, a document per
+        # line, would put an end-of-text token after every line and teach the model to stop after one.
+        options = {"sample_by": "document", "encoding": "utf-8-sig"} if builder == "text" else {}
+        dataset = load_dataset(builder, data_files={split: path}, cache_dir=cache_dir, **options)[split]
+        kinds[split] = kind = file_kind(dataset.column_names, data_args) if builder != "text" else TEXT
+        names = {TEXT: {data_args.text_column if builder != "text" else "text": "text"},
+                 PAIRS: {data_args.prompt_column: "prompt", data_args.completion_column: "completion"}}[kind]
+        missing = [name for name in names if name not in dataset.column_names]
+        if missing:
+            raise UsageError(f"{path}: no '{missing[0]}' column (it has: {', '.join(dataset.column_names)}); "
                              f"name the column with --text_column or make the file with texttocsv.py")
-    return raw, column
+        dataset = dataset.select_columns(list(names))
+        raw[split] = dataset.rename_columns({old: new for old, new in names.items() if old != new})
+    return DatasetDict(raw), kinds
+
+
+TEXT, PAIRS = "text", "prompt/completion"
+
+
+def file_kind(columns, data_args):
+    """TEXT, or PAIRS for a file with the prompt and completion columns and no text column."""
+    pairs = data_args.prompt_column in columns and data_args.completion_column in columns
+    return PAIRS if pairs and data_args.text_column not in columns else TEXT
 
 
 MAP_BATCH = 1000  # documents per batch when cutting blocks: each batch's remainder is dropped
@@ -75,51 +90,98 @@ def _map_options(data_args):
     }
 
 
-def tokenize_texts(raw, column, tokenizer, data_args, training_args):
-    """Each non-empty text as token ids, ending in the end-of-text token."""
+def tokenize_texts(raw, kinds, tokenizer, data_args, training_args):
+    """Running text: each non-empty document as token ids ('input_ids'), ending in the end-of-text token.
+    Prompt/completion: each example with a completion as 'prompt_ids' and 'completion_ids' (the completion ending in
+    the end-of-text token), kept apart so that only the completion counts in the loss."""
     eos = tokenizer.eos_token_id
     # Whole documents are longer than the model's context on purpose: they are cut into blocks next. Transformers'
     # warning that such a sequence "will result in indexing errors" would only alarm.
     tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
 
-    def tokenize(batch):
-        texts = [t for t in batch[column] if t]
+    def documents(batch):
+        texts = [t for t in batch["text"] if t]
         ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
         # The end-of-text token marks where one document stops and the next begins.
         return {"input_ids": [seq + [eos] for seq in ids]}
 
+    def pairs(batch):
+        kept = [(p or "", c) for p, c in zip(batch["prompt"], batch["completion"]) if c]  # nothing to learn without
+        prompts = tokenizer([p for p, _ in kept], add_special_tokens=False)["input_ids"]
+        completions = tokenizer([c for _, c in kept], add_special_tokens=False)["input_ids"]
+        return {"prompt_ids": prompts, "completion_ids": [seq + [eos] for seq in completions]}
+
     with training_args.main_process_first(desc="tokenizing"):
-        return raw.map(tokenize, remove_columns=next(iter(raw.values())).column_names, desc="Tokenizing",
-                       **_map_options(data_args))
+        return DatasetDict({split: dataset.map(documents if kinds[split] == TEXT else pairs,
+                                               remove_columns=dataset.column_names, desc="Tokenizing",
+                                               **_map_options(data_args))
+                            for split, dataset in raw.items()})
 
 
-def make_sequences(tokens, tokenizer, block_size, data_args, training_args):
-    """Token ids of whole documents -> training sequences of exactly block_size tokens."""
-    if data_args.separate_examples:
-        to_sequences = lambda batch: pad_examples(batch, block_size, tokenizer.pad_token_id)  # noqa: E731
-    else:
-        to_sequences = lambda batch: cut_blocks(batch, block_size)  # noqa: E731
+def make_sequences(tokens, kinds, tokenizer, block_size, data_args, training_args):
+    """Tokenized files -> (training sequences of exactly block_size tokens, {split: a line on its examples}).
+    Running text is cut into blocks (or, with --separate_examples, each document truncated or padded to one);
+    each prompt/completion example is one sequence, truncated or padded, its loss on the completion alone."""
+    pad = tokenizer.pad_token_id
+
+    def to_sequences(kind):
+        if kind == PAIRS:
+            return lambda batch: pad_pairs(batch, block_size, pad)
+        if data_args.separate_examples:
+            return lambda batch: pad_examples(batch, block_size, pad)
+        return lambda batch: cut_blocks(batch, block_size)
+
     with training_args.main_process_first(desc="making sequences"):
-        sequences = tokens.map(to_sequences, desc=f"Making sequences of {block_size} tokens",
-                               **_map_options(data_args))
-    if data_args.separate_examples:
-        sequences = report_cut_examples(sequences, block_size, training_args)
-    return sequences
-
-
-def report_cut_examples(sequences, block_size, training_args):
-    """--separate_examples cuts every example to one block: say how much text that leaves unseen (with one csv row
-    per file, almost all of it), then drop pad_examples' count of cut tokens."""
+        sequences = DatasetDict({split: dataset.map(to_sequences(kinds[split]), remove_columns=dataset.column_names,
+                                                    desc=f"Making sequences of {block_size} tokens",
+                                                    **_map_options(data_args))
+                                 for split, dataset in tokens.items()})
+    notes = {}
     for split, dataset in sequences.items():
-        cut = dataset["cut_tokens"]
-        examples_cut = sum(1 for n in cut if n)
-        if examples_cut and training_args.process_index == 0:
-            kept = examples_cut * block_size  # a cut example keeps one whole block
-            print(f"notice: --separate_examples: {examples_cut:,} of {len(dataset):,} {split} examples are longer "
-                  f"than the block of {block_size} tokens and are cut to it; {sum(cut):,} of their "
-                  f"{sum(cut) + kept:,} tokens are never seen (split long texts into rows, e.g. texttocsv.py "
-                  "--split paragraph, or drop --separate_examples)", flush=True)
-    return sequences.remove_columns("cut_tokens")
+        if kinds[split] == PAIRS:
+            notes[split] = describe_pairs(dataset, split, block_size)
+        elif data_args.separate_examples:
+            report_cut_examples(dataset, split, block_size, training_args)
+    counts = ("cut_tokens", "loss_tokens")  # read above; the model takes none of them
+    return DatasetDict({split: dataset.remove_columns([c for c in counts if c in dataset.column_names])
+                        for split, dataset in sequences.items()}), notes
+
+
+def report_cut_examples(dataset, split, block_size, training_args):
+    """--separate_examples cuts every example to one block: say how much text that leaves unseen (with one csv row
+    per file, almost all of it)."""
+    cut = dataset["cut_tokens"]
+    examples_cut = sum(1 for n in cut if n)
+    if examples_cut and training_args.process_index == 0:
+        kept = examples_cut * block_size  # a cut example keeps one whole block
+        print(f"notice: --separate_examples: {examples_cut:,} of {len(dataset):,} {split} examples are longer "
+              f"than the block of {block_size} tokens and are cut to it; {sum(cut):,} of their "
+              f"{sum(cut) + kept:,} tokens are never seen (split long texts into rows, e.g. texttocsv.py "
+              "--split paragraph, or drop --separate_examples)", flush=True)
+
+
+def describe_pairs(dataset, split, block_size):
+    """One line: how many prompt/completion examples, how many were cut to the block, the tokens in the loss."""
+    cut = sum(1 for n in dataset["cut_tokens"] if n)
+    in_loss = sum(dataset["loss_tokens"])
+    return (f"{len(dataset):,} {split} prompt/completion examples, {cut:,} of them cut to the block of {block_size} "
+            f"tokens; {in_loss:,} completion tokens count in the loss")
+
+
+def pad_pairs(batch, block_size, pad_id):
+    """Each prompt followed by its completion, truncated, then right-padded; only completion tokens are labels."""
+    out = {"input_ids": [], "attention_mask": [], "labels": [], "cut_tokens": [], "loss_tokens": []}
+    for prompt, completion in zip(batch["prompt_ids"], batch["completion_ids"]):
+        ids = (prompt + completion)[:block_size]
+        labels = ([-100] * len(prompt) + completion)[:block_size]
+        pad = block_size - len(ids)
+        out["cut_tokens"].append(max(0, len(prompt) + len(completion) - block_size))
+        # The model predicts position i from the tokens before it: the first position is never a target.
+        out["loss_tokens"].append(sum(1 for label in labels[1:] if label != -100))
+        out["input_ids"].append(ids + [pad_id] * pad)
+        out["attention_mask"].append([1] * len(ids) + [0] * pad)
+        out["labels"].append(labels + [-100] * pad)
+    return out
 
 
 def cut_blocks(batch, block_size):
@@ -143,14 +205,15 @@ def pad_examples(batch, block_size, pad_id):
     return out
 
 
-def split_sequences(sequences, data_args, block_size, tokens=None, evaluating=True):
+def split_sequences(sequences, data_args, block_size, tokens=None, evaluating=True, kinds=None):
     """Train and eval sets, holding out the last sequences when there is no validation file and the run evaluates
     (without --do_eval nothing is held out, and the eval set is None).
 
     `tokens` (the tokenized documents, before cutting) lets a too-short file be reported with its token count
-    and a --block_size that would work."""
+    and a --block_size that would work; `kinds` says which splits are prompt/completion examples."""
     hold_out = evaluating and "validation" not in sequences
-    problems = [too_short(split, data_args, block_size, len(sequences[split]), tokens, hold_out)
+    problems = [too_short(split, data_args, block_size, len(sequences[split]), tokens, hold_out,
+                          examples=data_args.separate_examples or (kinds or {}).get(split) == PAIRS)
                 for split in sequences if len(sequences[split]) < sequences_needed(split, data_args, hold_out)]
     if problems:
         raise UsageError(*problems)
@@ -183,13 +246,14 @@ def sequences_needed(split, data_args, hold_out=True):
                 10_000)
 
 
-def too_short(split, data_args, block_size, have, tokens, hold_out=True):
-    """One line: how much text the split has, and what would make enough sequences of it."""
+def too_short(split, data_args, block_size, have, tokens, hold_out=True, examples=False):
+    """One line: how much text the split has, and what would make enough sequences of it. `examples`: each example
+    is one sequence (--separate_examples, prompt/completion files)."""
     flag, path = ("--validation_file", data_args.validation_file) if split == "validation" else \
         ("--train_file", data_args.train_file)
     needed = sequences_needed(split, data_args, hold_out)
     hold_out = f"too few to hold {data_args.validation_split_percentage}% out for evaluation and train on the rest"
-    if data_args.separate_examples:
+    if examples:
         if have == 0:
             return f"{flag} {path}: no text in it (every example is empty); put text in it"
         return f"{flag} {path}: only {have} example(s), {hold_out}; give --validation_file or more examples"

@@ -145,7 +145,27 @@ def load_model_for_training(model_args, config, tokenizer, training_args=None):
     weight = model.get_input_embeddings().weight
     if len(tokenizer) > getattr(weight, "ds_shape", weight.shape)[0]:
         model.resize_token_embeddings(len(tokenizer))
+    agree_on_special_tokens(model, tokenizer)
+    if getattr(model, "loss_type", None) is None:
+        model.loss_type = "ForCausalLM"  # the loss of every causal LM; unset, Transformers warns and picks it itself
     return model
+
+
+def agree_on_special_tokens(model, tokenizer):
+    """The model's config and generation config take the tokenizer's padding, start and end tokens (GPT-2 pads with
+    its end-of-text token, load_tokenizer), as the Trainer would align them itself, with a warning on every run. A
+    generation config's other end tokens are kept: any of them ends generation."""
+    generation = getattr(model, "generation_config", None)
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        value = getattr(tokenizer, name, None)
+        setattr(model.config, name, value)
+        if generation is None:
+            continue
+        ends = getattr(generation, name)
+        if name == "eos_token_id" and ends is not None and value is not None:
+            ends = [ends] if isinstance(ends, int) else list(ends)
+            value = ends if value in ends else [value, *ends]
+        setattr(generation, name, value)
 
 
 def _build_for_training(model_args, config, dtype):

@@ -61,6 +61,17 @@ def local_ranks():
     return max(1, local), max(1, world // max(1, local)), "LOCAL_RANK" in os.environ
 
 
+def settle_cpu_threads():
+    """Each of several processes on the CPU gets its share of the physical cores for its math libraries. accelerate
+    does the same when OMP_NUM_THREADS is unset, with a warning on every run; a value the user set wins."""
+    ranks, _, launched = local_ranks()
+    if not launched or os.environ.get("OMP_NUM_THREADS") or torch.cuda.is_available():
+        return
+    threads = max(1, (psutil.cpu_count(logical=False) or 1) // ranks)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+
+
 def free_port() -> int:
     """A free TCP port on this machine, for a launcher's rendezvous (the default 29500 may be taken)."""
     with socket.socket() as s:

@@ -46,16 +46,16 @@ def stop_problems(plan):
     return problems
 
 
-def startup_summary(plan, training_args, n_train_sequences, n_eval_sequences):
+def startup_summary(plan, training_args, n_train_sequences, n_eval_sequences, notes=()):
     """The lines every run prints once its data is read, before the model loads. n_train_sequences is None for a
-    run that only evaluates."""
+    run that only evaluates; notes: more lines on the data (prompt/completion files)."""
     n, m, s = plan.needs, plan.machine, plan.setup
     out = training_args.output_dir
     engine = f"{params(plan.shape.n_params)} parameters ({plan.shape.model_type}), {s.precision_label}, {s.engine}"
     if n_train_sequences is None:
         return "\n".join([f"model:       {engine}",
                           f"data:        {n_eval_sequences:,} evaluation sequences of {s.block_size} tokens; "
-                          f"results in {out}"])
+                          f"results in {out}", *(f"             {note}" for note in notes)])
     steps = max(1, n_train_sequences // (s.micro_batch * s.accumulation * s.ranks * s.nodes))
     evaluation = f"; {n_eval_sequences:,} evaluation sequences" if n_eval_sequences else ""
     change = plan.change()
@@ -64,6 +64,7 @@ def startup_summary(plan, training_args, n_train_sequences, n_eval_sequences):
         f"batch:       {s.batch}",
         f"data:        {n_train_sequences:,} training sequences of {s.block_size} tokens = {steps:,} steps per epoch"
         f"{evaluation}",
+        *(f"             {note}" for note in notes),
         f"memory:      {gpu_line(plan)}",
         f"             host RAM {gib(n.host)} peak ({host_terms(plan)}) of {gib(m.ram)} available{m.ram_note}: "
         f"{plan.status['host RAM']}",

@@ -11,9 +11,11 @@ import time
 import torch
 import torch.distributed as dist
 from transformers import Trainer, TrainerCallback, default_data_collator
+from transformers.trainer_callback import ExportableState
+from transformers.trainer_pt_utils import nested_gather
 
 from . import testhooks
-from .checkpoints import RunShape
+from .checkpoints import RunFlags, RunShape, saved_record
 from .cpucomm import ReleaseSharedMemory
 from .loss import chunked_causal_lm_loss_sum
 from .plotting import LossPlotCallback
@@ -21,9 +23,37 @@ from .stats import RunStatsCallback
 
 
 class ClmTrainer(Trainer):
-    """The Trainer, plus the chunked loss and a timer around checkpoint writes."""
+    """The Trainer, plus the chunked loss, a timer around checkpoint writes, and a train_loss that counts the steps
+    before a resume."""
 
     checkpoint_started = None
+    loss_before_resume = 0.0  # the summed step losses of the run up to the checkpoint it resumed from
+
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        saved = saved_record(resume_from_checkpoint, LossSoFar) if resume_from_checkpoint else None
+        self.loss_before_resume = saved["loss_sum"] if saved else 0.0
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _save_checkpoint(self, model, trial):
+        # Every rank writes a checkpoint, so every rank takes part in gathering the loss not yet logged.
+        pending = nested_gather(self._tr_loss, self.args.parallel_mode).mean().item()
+        record = next(cb for cb in self.callback_handler.callbacks if isinstance(cb, LossSoFar))
+        record.loss_sum = self.loss_before_resume + self._total_loss_scalar + pending
+        super()._save_checkpoint(model, trial)
+
+    def _issue_warnings_after_load(self, load_result):
+        # A tied output layer is saved once, as the input embedding: its "missing" key is no loss.
+        tied = {name for name, _ in self.model.named_parameters(remove_duplicate=False)} - \
+            {name for name, _ in self.model.named_parameters()}
+        if load_result.missing_keys and set(load_result.missing_keys) <= tied:
+            self.model.tie_weights()
+            load_result = load_result._replace(missing_keys=[])
+        super()._issue_warnings_after_load(load_result)
+
+    def _finalize_training(self, trial, num_train_samples, start_time):
+        # The Trainer divides the losses it summed by every step of the run, resumed ones included.
+        self._total_loss_scalar += self.loss_before_resume
+        return super()._finalize_training(trial, num_train_samples, start_time)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not getattr(self.args, "chunked_loss", False) or return_outputs:
@@ -51,22 +81,28 @@ class ClmTrainer(Trainer):
 
 class StopOnSignal(TrainerCallback):
     """SIGTERM (a cloud's pre-emption notice) or SIGINT (Ctrl-C): write a checkpoint at the next step boundary, then
-    stop. A second Ctrl-C stops at once."""
+    stop. A second Ctrl-C stops at once.
+
+    A Ctrl-C in a terminal reaches every process of the command: the deepspeed launcher passes it on to the workers
+    as a SIGTERM, so a worker sees both, in either order. That is one stop, reported as the Ctrl-C it was."""
 
     received_any = False  # in this process, by any instance: what a paused test hook waits for
 
     def __init__(self):
-        self.received = None
+        self.received = None  # the signal to report: SIGINT once a Ctrl-C came, else SIGTERM
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
 
     def _on_signal(self, signum, frame):
-        if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.received = signum
+        if self.received == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C
+        first = self.received is None
+        if first or signum == signal.SIGINT:
+            self.received = signum
         StopOnSignal.received_any = True
-        print(f"\nnotice: {signal.Signals(signum).name} received: writing a checkpoint at the end of this step, "
-              "then stopping", file=sys.stderr, flush=True)
+        if first:
+            print(f"\nnotice: {describe(signum)} received: writing a checkpoint at the end of this step, then "
+                  "stopping (a second Ctrl-C stops at once)", file=sys.stderr, flush=True)
 
     def _any_rank_received(self):
         """Ranks may see the signal a step apart; they must agree, or one would wait in a collective forever."""
@@ -76,13 +112,28 @@ class StopOnSignal(TrainerCallback):
         flag = torch.tensor([0 if self.received is None else self.received], device=backend_device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if flag.item() and self.received is None:
-            self.received = int(flag.item())
+            self.received = int(flag.item())  # another rank's signal
         return bool(flag.item())
 
     def on_step_end(self, args, state, control, **kwargs):
         if self._any_rank_received():
             control.should_save = True
             control.should_training_stop = True
+
+
+def describe(signum):
+    return "Ctrl-C (SIGINT)" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
+class LossSoFar(TrainerCallback, ExportableState):
+    """Records in every checkpoint the sum of the training loss of each step so far: what a resumed run adds its own
+    steps to, so that its train_loss is the uninterrupted run's."""
+
+    def __init__(self):
+        self.loss_sum = 0.0
+
+    def state(self):
+        return {"args": {"loss_sum": self.loss_sum}, "attributes": {}}
 
 
 class CheckpointTimer(TrainerCallback):
@@ -112,7 +163,8 @@ def build_trainer(model, tokenizer, training_args, block_size, train_set, eval_s
         callbacks=[LossPlotCallback(training_args.output_dir), stop,
                    RunStatsCallback(training_args.output_dir, tokens_per_step),
                    RunShape(training_args.world_size, training_args.per_device_train_batch_size,
-                            training_args.gradient_accumulation_steps), ReleaseSharedMemory()],
+                            training_args.gradient_accumulation_steps), RunFlags(training_args), LossSoFar(),
+                   ReleaseSharedMemory()],
     )
     trainer.add_callback(CheckpointTimer(trainer))
     for callback in testhooks.callbacks(lambda: StopOnSignal.received_any):

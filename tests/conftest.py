@@ -64,6 +64,9 @@ def check_trained_run(out):
     assert metrics["perplexity"] == pytest.approx(math.exp(metrics["eval_loss"]))
     with open(out / "train_results.json") as f:
         assert json.load(f)["train_loss"] > 0
+    with open(out / "trainer_state.json") as f:
+        evaluated_at = [entry["step"] for entry in json.load(f)["log_history"] if "eval_loss" in entry]
+    assert len(evaluated_at) == len(set(evaluated_at)), evaluated_at  # the last step is evaluated once
     assert (out / "checkpoint-12" / "trainer_state.json").is_file()
     assert (out / "checkpoint-24" / "trainer_state.json").is_file()
     assert (out / "model.safetensors").is_file()
@@ -96,9 +99,9 @@ def sequences_of(tmp_path, tiny_model, train, validation=None, extra=()):
         flags += ["--validation_file", validation]
     _, data_args, training_args, _ = parse_args(list(map(str, flags)))
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    raw, column = load_raw_texts(data_args, cache_dir=str(tmp_path / "cache"))
-    tokens = tokenize_texts(raw, column, tokenizer, data_args, training_args)
-    sequences = make_sequences(tokens, tokenizer, BLOCK, data_args, training_args)
+    raw, kinds = load_raw_texts(data_args, cache_dir=str(tmp_path / "cache"))
+    tokens = tokenize_texts(raw, kinds, tokenizer, data_args, training_args)
+    sequences, _ = make_sequences(tokens, kinds, tokenizer, BLOCK, data_args, training_args)
     return raw, tokens, sequences, tokenizer.eos_token_id
 
 

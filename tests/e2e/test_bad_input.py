@@ -165,7 +165,16 @@ CASES = [
      [("--fp16", "fp16 needs a CUDA GPU", "on CPU use --bf16 or no precision flag")], {}, []),
     ("output-dir-is-a-file", ["--output_dir", "{w}/afile"],
      [("--output_dir", "{w}/afile", "is a file, not a folder")], {}, []),
-    ("unknown-flag", ["--lerning_rate", "1e-4"], [("unknown flag", "--lerning_rate")], {}, []),
+    ("unknown-flag", ["--lerning_rate", "1e-4"], [("unknown flag --lerning_rate", "did you mean --learning_rate?")],
+     {}, []),
+    # Flags the Trainer would fail on only after tokenizing and loading: an integration that is not installed, the
+    # hub while it is offline, a checkpoint that is not one.
+    ("flags-that-fail-after-loading", ["--report_to", "tensorboard", "--push_to_hub", "--resume_from_checkpoint",
+                                       "{w}/no_checkpoint"],
+     [("--report_to tensorboard", "not installed", "pip install tensorboard", "--report_to none"),
+      ("--push_to_hub", "offline", "HF_HUB_OFFLINE"),
+      ("--resume_from_checkpoint", "{w}/no_checkpoint", "not a complete checkpoint")], {"HF_HUB_OFFLINE": "1"},
+     [pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None, reason="tensorboard is installed")]),
     ("train-without-train-file", ["--train_file", ""], [("--do_train needs --train_file",)], {}, []),
     # torchao is in requirements.txt (the bf16 mode's 8-bit AdamW); bitsandbytes is not, so CI sees the message
     ("optimizer-package-missing", ["--optim", "adamw_bnb_8bit"],

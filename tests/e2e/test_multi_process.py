@@ -348,6 +348,8 @@ def evaluate_only(processes, model, corpus, out, ds_config=None):
     with open(out / "eval_results.json") as f:
         evaluated = json.load(f)
     assert evaluated["eval_samples"] == EVAL_SEQUENCES
+    assert "epoch" not in evaluated  # nothing was trained: no epoch to report
+    assert "gradient checkpointing" not in result.stdout  # nor a backward pass to recompute for
     return evaluated["eval_loss"], result.stderr
 
 

@@ -62,14 +62,18 @@ def final_state(out):
     with open(out / "trainer_state.json") as f:
         state = json.load(f)
     losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
-    return state["global_step"], losses, load_file(out / "model.safetensors")
+    with open(out / "train_results.json") as f:
+        train_loss = json.load(f)["train_loss"]
+    return state["global_step"], losses, train_loss, load_file(out / "model.safetensors")
 
 
 def assert_same_result(reference, out):
-    step, losses, weights = final_state(out)
-    ref_step, ref_losses, ref_weights = reference
+    step, losses, train_loss, weights = final_state(out)
+    ref_step, ref_losses, ref_train_loss, ref_weights = reference
     assert step == ref_step == STEPS
     assert losses[-1] == ref_losses[-1]
+    # the mean loss over every step of the run, the resumed ones and those before the checkpoint alike
+    assert train_loss == pytest.approx(ref_train_loss, rel=1e-6)
     assert weights.keys() == ref_weights.keys()
     for name in weights:
         assert weights[name].equal(ref_weights[name]), name
@@ -156,12 +160,50 @@ def test_a_second_ctrl_c_stops_at_once_in_one_line(tiny_model, corpus, tmp_path)
     proc = run_until_paused(command(tiny_model, corpus, tmp_path / "out", use_deepspeed=False), "step:3")
     os.killpg(proc.pid, signal.SIGINT)
     for line in proc.stdout:  # the first is taken: the run goes on to the end of step 4 (about a second here)
-        if "notice: SIGINT received" in line:
+        if "notice: Ctrl-C (SIGINT) received" in line:
             break
     os.killpg(proc.pid, signal.SIGINT)
     rest = proc.stdout.read()
     assert proc.wait(timeout=60) == 128 + signal.SIGINT
-    assert "stopped by Ctrl-C" in rest and "Traceback" not in rest, rest[-3000:]
+    assert "stopped at once by a second Ctrl-C" in rest and "Traceback" not in rest, rest[-3000:]
+
+
+def test_a_second_ctrl_c_while_a_checkpoint_is_written_says_what_a_rerun_does(tiny_model, corpus, tmp_path):
+    """Stopped inside the write of checkpoint-12: the half-written folder is named, and what the rerun does with it;
+    the rerun then does just that."""
+    out = tmp_path / "out"
+    cmd = command(tiny_model, corpus, out, use_deepspeed=False)
+    proc = run_until_paused(cmd, "save:12")
+    os.killpg(proc.pid, signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=60) == 128 + signal.SIGINT
+    assert (f"stopped at once by a second Ctrl-C; {out / 'checkpoint-12'} was being written and is incomplete: "
+            f"rerunning the same command removes it and resumes from {out / 'checkpoint-6'}") in rest, rest[-3000:]
+    log = run_to_end(cmd)
+    assert f"notice: removing {out / 'checkpoint-12'}" in log and f"resuming from {out / 'checkpoint-6'}" in log
+
+
+@pytest.mark.parametrize("use_deepspeed", [False, True], ids=["plain", "deepspeed"])
+def test_a_changed_learning_rate_on_resume_is_named_with_the_one_that_goes_on(use_deepspeed, tiny_model, corpus,
+                                                                              tmp_path):
+    """Without DeepSpeed the optimizer state from the checkpoint holds the learning rate; DeepSpeed's scheduler is
+    built from the flags. The notice says which, and the logged learning rate after the resume shows it."""
+    out = tmp_path / "out"
+    cmd = command(tiny_model, corpus, out, use_deepspeed)
+    at = cmd.index("--max_steps")
+    first = cmd[:at + 1] + ["6"] + cmd[at + 2:] + ["--lr_scheduler_type", "constant"]
+    run_to_end(first)
+    log = run_to_end(first[:at + 1] + ["12"] + first[at + 2:] + ["--learning_rate", "5e-3"])
+    winner = "this run's value, 0.005" if use_deepspeed else "the checkpoint's value, 0.001"
+    assert f"notice: --learning_rate is 0.005 here and 0.001 in {out / 'checkpoint-6'}: {winner}," in log, log[-3000:]
+    with open(out / "trainer_state.json") as f:
+        rates = {entry["step"]: entry["learning_rate"] for entry in json.load(f)["log_history"]
+                 if "learning_rate" in entry}
+    if use_deepspeed:  # its WarmupDecayLR from 0.005 down to 0 at step 12: above what 0.001 can give at step 7
+        assert rates[7] > 0.0011, rates
+    else:  # a constant schedule on the checkpoint's rate
+        assert rates[7] == pytest.approx(1e-3) and rates[12] == pytest.approx(1e-3), rates
 
 
 def test_a_weights_only_checkpoint_is_not_resumed_as_if_whole(tiny_model, corpus, tmp_path):

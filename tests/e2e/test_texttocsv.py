@@ -293,6 +293,17 @@ def test_from_folder_takes_txt_files_of_any_case(tmp_path):
     assert rows(tmp_path / "texts.csv") == ["upper\n", "mixed\n", "lower\n"]
 
 
+def test_from_folder_sorts_names_as_a_person_reads_them(tmp_path):
+    """a.txt before B.TXT, not after it as character codes would put it."""
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "B.TXT").write_text("second\n", encoding="utf-8")
+    (texts / "a.txt").write_text("first\n", encoding="utf-8")
+    (texts / "c.txt").write_text("third\n", encoding="utf-8")
+    assert run(tmp_path, "--from_folder", "texts").returncode == 0
+    assert rows(tmp_path / "texts.csv") == ["first\n", "second\n", "third\n"]
+
+
 @pytest.mark.parametrize("where", [["--output", "texts/all.csv"], ["--output", "texts/../texts/all.csv"],
                                    ["--output_dir", "texts"]])
 def test_from_folder_does_not_write_into_the_folder_it_reads(tmp_path, where):

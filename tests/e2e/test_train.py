@@ -3,7 +3,9 @@
 import json
 import math
 import os
+import re
 import shutil
+import socket
 
 import pytest
 
@@ -93,3 +95,43 @@ def test_arguments_from_a_json_file(launcher, tiny_model, corpus, tmp_path):
     with open(out / "trainer_state.json") as f:
         assert json.load(f)["global_step"] == 3
 
+
+
+def test_prompt_completion_examples_train_on_their_completions(tiny_model, corpus, tmp_path):
+    """A jsonl of prompt/completion pairs: one sequence per example, the loss on the completions, the start-up
+    summary says so; the loss falls and the model generates."""
+    lines = [line for line in (corpus / "train.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
+    pairs = [{"prompt": lines[i] + "\n", "completion": lines[i + 1]} for i in range(0, 600, 2)]
+    (tmp_path / "pairs.jsonl").write_text("\n".join(json.dumps(pair) for pair in pairs), encoding="utf-8")
+    out = tmp_path / "pairs"
+    result = python("run_clm.py", "--model_name_or_path", tiny_model, "--train_file", tmp_path / "pairs.jsonl",
+                    "--do_train", "--output_dir", out, "--block_size", 48, "--per_device_train_batch_size", 8,
+                    "--max_steps", 20, "--learning_rate", 2e-3, "--logging_steps", 5, "--use_cpu",
+                    "--save_strategy", "no")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = re.search(r"(\d+) train prompt/completion examples, (\d+) of them cut to the block of 48 tokens; "
+                        r"([\d,]+) completion tokens count in the loss", result.stdout)
+    assert summary and int(summary[1]) == 300, result.stdout[-3000:]
+    assert 0 < int(summary[3].replace(",", "")) < 300 * 48
+    losses = logged_losses(out)
+    assert losses[-1] < losses[0]
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(out).generate(max_new_tokens=5, do_sample=False).shape[1] > 1
+
+
+def test_a_port_in_use_is_one_line_naming_the_flag(tiny_model, corpus, tmp_path):
+    """Another run holds the launcher's rendezvous port: one line that says which port and what to pass."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run([DEEPSPEED, "--num_gpus=1", f"--master_port={port}", os.path.join(REPO, "run_clm.py"),
+                      "--model_name_or_path", tiny_model, "--train_file", corpus / "train.txt", "--do_train",
+                      "--output_dir", tmp_path / "out", "--use_cpu", "--max_steps", "1"])
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: port {port}, where the launcher's processes meet, is in use (another run on this "
+                      f"machine?); give the launcher a free one: deepspeed --master_port {port + 1} --num_gpus=N "
+                      "run_clm.py ... (torchrun takes --master_port too)"], result.stderr[-3000:]
+    assert "Traceback" not in result.stderr

@@ -1,6 +1,11 @@
 """run_clm.py's flags, parsed as the command parses them."""
 
-from clmkit.args import parse_args
+import json
+
+import pytest
+
+from clmkit.args import make_parser, parse_args
+from clmkit.errors import UsageError
 
 
 def test_gradient_checkpointing_on_by_default():
@@ -8,3 +13,46 @@ def test_gradient_checkpointing_on_by_default():
     _, _, off, _ = parse_args(["--output_dir", "x", "--do_train", "--no_gradient_checkpointing"])
     assert on.gradient_checkpointing is True
     assert off.gradient_checkpointing is False
+
+
+def test_flags_after_a_json_file_override_its_values(tmp_path):
+    (tmp_path / "args.json").write_text(json.dumps({"output_dir": str(tmp_path / "out"), "do_train": True,
+                                                    "max_steps": 500, "learning_rate": 1e-4}))
+    _, _, training_args, _ = parse_args([str(tmp_path / "args.json"), "--max_steps", "1"])
+    assert training_args.max_steps == 1  # the flag after the file
+    assert training_args.learning_rate == 1e-4  # the file's, untouched
+    # as the deepspeed launcher passes them: its --local_rank first
+    _, _, training_args, _ = parse_args(["--local_rank=0", str(tmp_path / "args.json"), "--max_steps=2"])
+    assert training_args.max_steps == 2
+
+
+def test_a_misspelled_flag_gets_the_nearest_one_and_none_is_abbreviated():
+    with pytest.raises(UsageError) as err:
+        parse_args(["--output_dir", "x", "--do_train", "--lerning_rate", "1e-3", "--num_train_epoch", "1"])
+    assert err.value.problems == ["unknown flag --lerning_rate: did you mean --learning_rate?",
+                                  "unknown flag --num_train_epoch: did you mean --num_train_epochs?"]
+
+
+def test_help_opens_with_a_description_and_this_tools_flags():
+    text = make_parser().format_help()
+    usage, description = text.split("\n\n")[:2]
+    assert usage.count("\n") <= 1 and "--learning_rate" not in usage  # not hundreds of flags
+    assert description.startswith("Fine-tune every parameter")
+    ours, trainer = text.index("this tool's flags:"), text.index("Transformers' Trainer flags")
+    for flag in ("--plan", "--chunked_loss", "--model_name_or_path", "--train_file", "--prompt_column"):
+        assert ours < text.index(f"\n  {flag} ") < trainer, flag
+    assert trainer < text.index("\n  --learning_rate ")
+    assert text.index("\n  --plan ") < text.index("\n  --model_name_or_path ")  # the run's own switches first
+
+
+def test_generation_help_shows_each_default_and_takes_no_abbreviation(capsys):
+    import run_generation
+
+    with pytest.raises(SystemExit):
+        run_generation.parse(["--help"])
+    text = capsys.readouterr().out
+    assert "New tokens to generate per sequence. (default: 200)" in " ".join(text.split())
+    assert "(default: 42)" in text
+    with pytest.raises(SystemExit):
+        run_generation.parse(["--model_name_or_path", "m", "--leng", "5"])
+    assert "unrecognized arguments: --leng" in capsys.readouterr().err

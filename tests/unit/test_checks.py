@@ -1,9 +1,11 @@
 """The input checks as functions: precision against the machine, where a file stops being UTF-8, a model folder
 without weights."""
 
+from types import SimpleNamespace
+
 import pytest
 
-from clmkit.checks import first_non_utf8_byte, precision_problems
+from clmkit.checks import first_non_utf8_byte, hub_problems, precision_problems, reporting_problems
 from clmkit.loading import model_weights_problems
 
 
@@ -48,3 +50,27 @@ def test_model_folder_without_weights(tmp_path, tiny_model):
     assert problem.startswith(f"--model_name_or_path {tmp_path}: the folder has no model weights")
     (problem,) = model_weights_problems(str(tmp_path / "gone"))
     assert f"{tmp_path / 'gone'}: no such folder" in problem
+
+
+def test_reporting_integrations_that_are_not_installed_are_named(monkeypatch):
+    monkeypatch.setattr("clmkit.checks.get_available_reporting_integrations", lambda: ["wandb"])
+    assert reporting_problems(["none"]) == [] and reporting_problems(["wandb"]) == []
+    (line,) = reporting_problems(["tensorboard"])
+    assert line == ("--report_to tensorboard: the tensorboard package is not installed; pip install tensorboard, "
+                    "or use --report_to none")
+    (line,) = reporting_problems(["tensorbored"])
+    assert line.startswith("--report_to tensorbored: no such integration; use one of ") and "tensorboard" in line
+
+
+def test_pushing_to_the_hub_needs_it_online_and_a_token(monkeypatch, tmp_path):
+    args = SimpleNamespace(push_to_hub=True, hub_token=None)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (line,) = hub_problems(args)
+    assert line.startswith("--push_to_hub: the hub is offline here (HF_HUB_OFFLINE is set)")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
+    (line,) = hub_problems(args)
+    assert "no hub token" in line and "hf auth login" in line and "--hub_token" in line
+    assert hub_problems(SimpleNamespace(push_to_hub=True, hub_token="hf_x")) == []
+    assert hub_problems(SimpleNamespace(push_to_hub=False, hub_token=None)) == []

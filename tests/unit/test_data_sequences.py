@@ -1,13 +1,17 @@
 """How text becomes training sequences, in this process: flags about line breaks, the held-out tail, examples cut
-or padded to the block."""
+or padded to the block, prompt/completion files, a training and a validation file of different formats."""
+
+import json
+from types import SimpleNamespace
 
 import pytest
 from datasets import Dataset, DatasetDict
 from transformers import AutoTokenizer
 
 from clmkit.args import parse_args
-from clmkit.checks import flag_problems
-from clmkit.data import pad_examples, split_sequences
+from clmkit.checks import data_file_problems, flag_problems
+from clmkit.data import (PAIRS, TEXT, load_raw_texts, make_sequences, pad_examples, pad_pairs, split_sequences,
+                         tokenize_texts)
 from conftest import BLOCK, sequences_of
 
 
@@ -66,3 +70,55 @@ def test_padding_never_counts_in_the_loss(tiny_model):
     for mask, labels in zip(batch["attention_mask"], batch["labels"]):
         assert [label == -100 for label in labels] == [m == 0 for m in mask]
     assert batch["cut_tokens"][0] == max(0, len(ids[0]) - 8) and batch["cut_tokens"][1] == len(ids[1]) - 8
+
+
+def test_prompt_and_completion_make_one_sequence_with_the_loss_on_the_completion():
+    batch = {"prompt_ids": [[5, 6, 7], [8]], "completion_ids": [[9, 10, 0], [11, 12, 13, 14, 15, 16, 17, 0]]}
+    out = pad_pairs(batch, 6, pad_id=0)
+    assert out["input_ids"] == [[5, 6, 7, 9, 10, 0], [8, 11, 12, 13, 14, 15]]
+    assert out["labels"] == [[-100, -100, -100, 9, 10, 0], [-100, 11, 12, 13, 14, 15]]
+    assert out["attention_mask"] == [[1] * 6, [1] * 6]
+    assert out["cut_tokens"] == [0, 3]
+    assert out["loss_tokens"] == [3, 5]
+    short = pad_pairs({"prompt_ids": [[5]], "completion_ids": [[9, 0]]}, 6, pad_id=0)
+    assert short["input_ids"] == [[5, 9, 0, 0, 0, 0]] and short["labels"] == [[-100, 9, 0, -100, -100, -100]]
+    assert short["attention_mask"] == [[1, 1, 1, 0, 0, 0]]
+
+
+def test_a_prompt_completion_file_trains_on_its_completions(tiny_model, tmp_path):
+    rows = [{"prompt": "Question: who loves Juliet?\n", "completion": " Romeo."},
+            {"prompt": "Question: who is the Prince of Denmark?\n", "completion": " Hamlet."},
+            {"prompt": "", "completion": ""}]  # nothing to learn: left out
+    (tmp_path / "pairs.jsonl").write_text("\n".join(json.dumps(row) for row in rows), encoding="utf-8")
+    _, data_args, training_args, _ = parse_args(["--output_dir", str(tmp_path / "out"), "--do_train", "--use_cpu",
+                                                 "--train_file", str(tmp_path / "pairs.jsonl")])
+    assert data_file_problems("--train_file", str(tmp_path / "pairs.jsonl"), data_args) == []
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    raw, kinds = load_raw_texts(data_args, cache_dir=str(tmp_path / "cache"))
+    assert kinds == {"train": PAIRS}
+    tokens = tokenize_texts(raw, kinds, tokenizer, data_args, training_args)
+    sequences, notes = make_sequences(tokens, kinds, tokenizer, 32, data_args, training_args)
+    train = sequences["train"]
+    assert len(train) == 2 and train.column_names == ["input_ids", "attention_mask", "labels"]
+    prompt = tokenizer(rows[0]["prompt"], add_special_tokens=False)["input_ids"]
+    completion = tokenizer(rows[0]["completion"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert train[0]["input_ids"][:len(prompt) + len(completion)] == prompt + completion
+    assert [label for label in train[0]["labels"] if label != -100] == completion
+    in_loss = sum(len(tokenizer(row["completion"], add_special_tokens=False)["input_ids"]) + 1 for row in rows[:2])
+    assert notes == {"train": f"2 train prompt/completion examples, 0 of them cut to the block of 32 tokens; "
+                              f"{in_loss} completion tokens count in the loss"}
+
+
+def test_a_txt_training_file_goes_with_a_csv_validation_file(tmp_path):
+    (tmp_path / "train.txt").write_text("To be, or not to be.\n", encoding="utf-8")
+    (tmp_path / "validation.csv").write_text("body\nThat is the question.\n", encoding="utf-8")
+    _, data_args, _, _ = parse_args(["--output_dir", str(tmp_path / "out"), "--do_train", "--do_eval",
+                                     "--train_file", str(tmp_path / "train.txt"), "--text_column", "body",
+                                     "--validation_file", str(tmp_path / "validation.csv")])
+    assert flag_problems(data_args=data_args, model_args=SimpleNamespace(
+        model_name_or_path="m", model_type=None, config_name=None, config_overrides=None, dtype=None),
+        training_args=parse_args(["--output_dir", "x", "--do_train"])[2]) == []
+    raw, kinds = load_raw_texts(data_args, cache_dir=str(tmp_path / "cache"))
+    assert kinds == {"train": TEXT, "validation": TEXT}
+    assert raw["train"]["text"] == ["To be, or not to be.\n"]
+    assert raw["validation"]["text"] == ["That is the question."]

@@ -1,0 +1,61 @@
+"""A run prints what a user needs and no warning a user has to think about: the lines libraries print that are
+known to be harmless here are gone, from a first run, a resumed one and one under the deepspeed launcher."""
+
+import os
+import subprocess
+import sys
+
+from clmkit.machine import free_port
+from conftest import DEEPSPEED, REPO, run
+
+# What these runs printed before, each harmless (clmkit/quiet.py and the fixes at their source say why).
+NOISE = [
+    "OMP_NUM_THREADS/MKL_NUM_THREADS unset",
+    "Gradient accumulation steps mismatch",
+    "The tokenizer has new PAD/BOS/EOS tokens",
+    "loss_type=None",
+    "built successfully",
+    "There were missing keys in the checkpoint model loaded",
+    "Failed to load",
+    "Attempting to get learning rate from scheduler before it has started",
+    "is an Enum subclass",
+    "Traceback",
+]
+# The deepspeed launcher's own processes start before any code of ours and say this on a machine without a GPU.
+LAUNCHERS_OWN = "Setting accelerator to CPU"
+
+
+def flags(tiny_model, corpus, out, steps):
+    return ["--model_name_or_path", tiny_model, "--train_file", corpus / "train.txt", "--validation_file",
+            corpus / "validation.txt", "--do_train", "--do_eval", "--output_dir", out, "--block_size", 64,
+            "--max_steps", steps, "--save_steps", 2, "--eval_strategy", "steps", "--eval_steps", 2, "--use_cpu",
+            "--report_to", "none"]
+
+
+def assert_quiet(result, launched=False):
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    text = result.stdout + result.stderr
+    for noise in NOISE:
+        assert noise not in text, noise
+    worker_lines = [line for line in text.splitlines() if LAUNCHERS_OWN in line]
+    assert len(worker_lines) == (2 if launched else 0), worker_lines  # the runner's and launch.py's, none of ours
+
+
+def test_a_run_and_its_resume_print_no_known_noise(tiny_model, corpus, tmp_path):
+    out = tmp_path / "out"
+    first = run([sys.executable, os.path.join(REPO, "run_clm.py"), *map(str, flags(tiny_model, corpus, out, 2))])
+    assert_quiet(first)
+    resumed = run([sys.executable, os.path.join(REPO, "run_clm.py"), *map(str, flags(tiny_model, corpus, out, 4))])
+    assert_quiet(resumed)
+    assert "resuming from" in resumed.stdout
+
+
+def test_a_run_under_the_launcher_prints_no_known_noise(tiny_model, corpus, tmp_path):
+    """Two processes under DeepSpeed with gradient accumulation, OMP_NUM_THREADS unset as on a fresh machine: every
+    source of the noise at once."""
+    command = [DEEPSPEED, "--num_gpus=2", f"--master_port={free_port()}", os.path.join(REPO, "run_clm.py"),
+               *map(str, flags(tiny_model, corpus, tmp_path / "out", 2)), "--deepspeed",
+               os.path.join(REPO, "ds_config.json"), "--bf16", "--gradient_accumulation_steps", "2"]
+    env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
+    assert_quiet(subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600),
+                 launched=True)
