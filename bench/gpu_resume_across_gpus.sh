@@ -71,7 +71,7 @@ for resumed, reference in [pair for pair in (("B", "A"), ("D", "C")) if set(pair
         diffs = [abs(got[s] - ref[s]) for s in ref if s > 10 and s in got]
         print(f"  {key}: {len([s for s in got if s > 10])} steps logged, max |difference| {max(diffs):.3g}; "
               f"{reference} {[round(ref[s], 4) for s in sorted(ref) if s > 10]}")
-    # On 1 and 2 GPUs the last evaluation batch is padded differently: expect the 4th decimal to move (README).
+    # On 1 and 2 GPUs the last evaluation batch is padded differently: the 4th decimal moves (docs/multi-gpu.md).
     final = {name: json.load(open(f"{sys.argv[1]}/{name}/eval_results.json"))["eval_loss"]
              for name in (resumed, reference)}
     print(f"  final eval_loss {final[resumed]} against {final[reference]}")

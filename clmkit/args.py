@@ -77,8 +77,9 @@ class ModelArguments:
 @dataclass
 class DataArguments:
     train_file: Optional[str] = field(
-        default=None, metadata={"help": "Training text: a .txt file (one document), or a .csv or .json/.jsonl file with a "
-                                        "'text' column, or with 'prompt' and 'completion' columns."}
+        default=None,
+        metadata={"help": "Training text: a .txt file (one document), or a .csv or .json/.jsonl file with a 'text' "
+                          "column, or with 'prompt' and 'completion' columns."}
     )
     validation_file: Optional[str] = field(
         default=None, metadata={"help": "Evaluation text, in any of the formats of --train_file."}

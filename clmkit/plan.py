@@ -540,7 +540,8 @@ def model_shape_without_deepspeed(config, training_args):
 
 def make_plan(config, tokenizer, model_args, training_args, block_size, ds_config):
     """The run's Plan from the model's shapes on the meta device, the flags, the block size (None: the model's
-    context), the DeepSpeed config (a dict, or None) and this machine. A config no causal LM class is registered for is a UsageError."""
+    context), the DeepSpeed config (a dict, or None) and this machine. A config no causal LM class is registered for
+    is a UsageError."""
     if tokenizer is not None and len(tokenizer) > getattr(config, "vocab_size", len(tokenizer)):
         config = copy.deepcopy(config)  # the model's embeddings will grow to the tokenizer (loading.py)
         config.vocab_size = len(tokenizer)

@@ -150,8 +150,8 @@ CASES = [
     # Numbers the Trainer took and failed on later (an eval batch of 0 after the whole training), or silently
     # (--max_steps -5 trained the epochs); --warmup_steps -1 TrainingArguments refuses while parsing.
     ("numbers-out-of-range", ["--per_device_eval_batch_size", "0", "--max_eval_samples", "0",
-                              "--gradient_accumulation_steps", "0", "--learning_rate", "-1", "--warmup_steps", "-1", "--max_steps", "-5", "--seed",
-                              "-1", "--save_steps", "0"],
+                              "--gradient_accumulation_steps", "0", "--learning_rate", "-1", "--warmup_steps", "-1",
+                              "--max_steps", "-5", "--seed", "-1", "--save_steps", "0"],
      [("--per_device_eval_batch_size 0", "at least 1"), ("--max_eval_samples 0", "at least 1"),
       ("--gradient_accumulation_steps 0", "at least 1"), ("--learning_rate -1", "0 or more"),
       ("--warmup_steps -1", "0 or more"), ("--max_steps -5", "-1 to train --num_train_epochs"),

@@ -155,7 +155,7 @@ def test_fresh_start_keeps_the_earlier_run_until_it_finishes(setup, tiny_model, 
 
 
 def test_a_second_ctrl_c_stops_at_once_in_one_line(tiny_model, corpus, tmp_path):
-    """The first Ctrl-C asks for a checkpoint at the end of the step; a second one stops at once, as the README
+    """The first Ctrl-C asks for a checkpoint at the end of the step; a second one stops at once, as docs/resume.md
     says: with exit code 130 and one line, not a KeyboardInterrupt traceback."""
     proc = run_until_paused(command(tiny_model, corpus, tmp_path / "out", use_deepspeed=False), "step:3")
     os.killpg(proc.pid, signal.SIGINT)
@@ -232,7 +232,7 @@ def contents(folder):
 
 
 def test_rerunning_a_finished_command_changes_nothing(tiny_model, corpus, tmp_path):
-    """The README's cloud start-up script reruns the command at every boot, also once it has finished. Resumed at
+    """docs/cloud.md's start-up script reruns the command at every boot, also once it has finished. Resumed at
     its last step, the Trainer trained one step more (under DeepSpeed that changed the weights), wrote a wrong
     train_loss over the real one, and --save_total_limit then deleted the last real checkpoint. Now the rerun says
     the run is finished and touches nothing; a higher --max_steps still trains on from the last checkpoint. The

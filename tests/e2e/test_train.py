@@ -79,8 +79,8 @@ def test_classic_command_line(tiny_model, corpus, tmp_path):
 
 @pytest.mark.parametrize("launcher", ["python", "deepspeed"])
 def test_arguments_from_a_json_file(launcher, tiny_model, corpus, tmp_path):
-    """`python run_clm.py args.json`, and the README's `deepspeed --num_gpus=1 run_clm.py args.json` (the launcher
-    puts --local_rank=0 before the file). A null value is the flag's default, not the text "None"."""
+    """`python run_clm.py args.json`, and docs/training.md's `deepspeed --num_gpus=1 run_clm.py args.json` (the
+    launcher puts --local_rank=0 before the file). A null value is the flag's default, not the text "None"."""
     out = tmp_path / "fromjson"
     args = {"model_name_or_path": str(tiny_model), "train_file": str(corpus / "train.txt"),
             "do_train": True, "output_dir": str(out), "block_size": 64, "max_steps": 3, "use_cpu": True,
