@@ -1,8 +1,9 @@
 """Hooks for the tests, off unless CLM_TEST_PAUSE is set: stop still at a chosen point of training so that a test
 can kill or signal the process exactly there.
 
-    CLM_TEST_PAUSE=step:N   at the end of optimizer step N
-    CLM_TEST_PAUSE=save:N   inside the write of checkpoint-N, after its weights and before trainer_state.json
+    CLM_TEST_PAUSE=step:N        at the end of optimizer step N
+    CLM_TEST_PAUSE=save:N        inside the write of checkpoint-N, after its weights and before trainer_state.json
+    CLM_TEST_PAUSE=save:N:hold   the same, and staying there after a stop signal (a second Ctrl-C ends it)
 """
 
 import os
@@ -16,7 +17,12 @@ HOOK = "CLM_TEST_PAUSE"
 def _asked(kind):
     """The step the hook names for `kind` ("step" or "save"), or None."""
     name, _, step = os.environ.get(HOOK, "").partition(":")
+    step = step.split(":")[0]
     return int(step) if name == kind and step.isdigit() else None
+
+
+def _holds():
+    return os.environ.get(HOOK, "").endswith(":hold")
 
 
 def pause(where, signalled):
@@ -46,4 +52,4 @@ def callbacks(signalled):
 def after_checkpoint_weights(step, signalled):
     """Called inside every checkpoint write, once its weights are written."""
     if _asked("save") == step:
-        pause(f"inside the write of checkpoint-{step}", signalled)
+        pause(f"inside the write of checkpoint-{step}", (lambda: False) if _holds() else signalled)

@@ -173,8 +173,11 @@ def test_a_second_ctrl_c_while_a_checkpoint_is_written_says_what_a_rerun_does(ti
     the rerun then does just that."""
     out = tmp_path / "out"
     cmd = command(tiny_model, corpus, out, use_deepspeed=False)
-    proc = run_until_paused(cmd, "save:12")
+    proc = run_until_paused(cmd, "save:12:hold")
     os.killpg(proc.pid, signal.SIGINT)
+    for line in proc.stdout:  # one at a time: two pending SIGINTs would arrive as one
+        if "notice: Ctrl-C (SIGINT) received" in line:
+            break
     os.killpg(proc.pid, signal.SIGINT)
     rest = proc.stdout.read()
     assert proc.wait(timeout=60) == 128 + signal.SIGINT
