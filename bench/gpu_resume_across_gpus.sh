@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Resume across GPU counts on a machine with 2 GPUs, GPT-2 XL shapes (random weights, no download), fp16, the
-# shipped ds_config.json, 16 sequences per optimizer step in every run:
+# Resume across GPU counts on a machine with 2 GPUs, GPT-2 XL shapes (random weights, no download), 16 sequences per
+# optimizer step in every run; MODE=deepspeed (default: fp16, the shipped ds_config.json, whose ZeRO optimizer state
+# is converted to DeepSpeed's universal format for the other count) or MODE=bf16 (the bf16 mode: no DeepSpeed, DDP on
+# two GPUs, every process holding the whole optimizer state):
 #   A  2 GPUs x 8 x 1 accumulation, steps 1-20, checkpoint at 10          (the uninterrupted 2-GPU run)
-#   B  1 GPU  x 8 x 2, resumes A's checkpoint-10 and runs to 20           (2 -> 1: universal conversion)
+#   B  1 GPU  x 8 x 2, resumes A's checkpoint-10 and runs to 20           (2 -> 1)
 #   C  1 GPU  x 8 x 2, steps 1-20, checkpoint at 10                       (the uninterrupted 1-GPU run)
-#   D  2 GPUs x 8 x 1, resumes C's checkpoint-10 and runs to 20           (1 -> 2: universal conversion)
+#   D  2 GPUs x 8 x 1, resumes C's checkpoint-10 and runs to 20           (1 -> 2)
 # then export_model.py on D's final checkpoint, and a table of B against A and D against C.
 #   bash bench/gpu_resume_across_gpus.sh RUN_DIR LOG_DIR [N_LAYER]
 # PAIRS="AB" or PAIRS="CD" runs one half (e.g. to stay under a 10-minute limit per command); default both.
@@ -16,6 +18,11 @@ run_dir=${1:?usage: gpu_resume_across_gpus.sh RUN_DIR LOG_DIR [N_LAYER]}
 log_dir=${2:?}
 n_layer=${3:-48}
 pairs=${PAIRS:-AB CD}
+case ${MODE:-deepspeed} in
+  deepspeed) engine=(--deepspeed ds_config.json --fp16) ;;
+  bf16) engine=(--bf16 --dtype bfloat16 --optim adamw_torch_8bit --optim_args bf16_stochastic_round=True --chunked_loss) ;;
+  *) echo "MODE=${MODE}: deepspeed or bf16" >&2; exit 2 ;;
+esac
 mkdir -p "$run_dir" "$log_dir"
 tokenizer=${TOKENIZER_DIR:-/tmp/clm-tokenizer}
 [ -f train.csv ] || python3 texttocsv.py
@@ -26,10 +33,10 @@ no_dropout="resid_pdrop=0,embd_pdrop=0,attn_pdrop=0"
 run() {  # run NAME GPUS MICRO ACCUMULATION [flags...]
   local name=$1 gpus=$2 micro=$3 accumulation=$4
   shift 4
-  deepspeed --num_gpus="$gpus" run_clm.py --deepspeed ds_config.json \
+  deepspeed --num_gpus="$gpus" run_clm.py "${engine[@]}" \
     --model_type gpt2 --tokenizer_name "$tokenizer" \
     --config_overrides "n_embd=1600,n_layer=$n_layer,n_head=25,n_positions=1024,vocab_size=50257,$no_dropout" \
-    --train_file train.csv --validation_file validation.csv --do_train --do_eval --fp16 \
+    --train_file train.csv --validation_file validation.csv --do_train --do_eval \
     --output_dir "$run_dir/$name" --max_steps 20 --save_steps 10 --logging_steps 1 --seed 1 --report_to none \
     --per_device_train_batch_size "$micro" --gradient_accumulation_steps "$accumulation" "$@" \
     > "$log_dir/$name.log" 2>&1

@@ -68,6 +68,7 @@ CONFIGS = {
     "zero1-2gpu":     Config("ds_config_zero1.json", ("--fp16", *batch(8, 2)), gpus=2, scales="zero1"),
     "shipped-4gpu":   Config("ds_config.json", ("--fp16", *batch(8, 2)), gpus=4, scales="shipped"),
     "bf16-adam8bit-sr-2gpu": Config(None, (*BF16_8BIT_SR, *batch(8, 2)), gpus=2, scales="bf16-adam8bit-sr"),
+    "bf16-adam8bit-sr-4gpu": Config(None, (*BF16_8BIT_SR, *batch(8, 2)), gpus=4, scales="bf16-adam8bit-sr"),
 }
 
 

@@ -14,7 +14,7 @@ from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from .checks import deepspeed_file_problems, machine_precision_problems, number_problems, out_of_range
 from .errors import UsageError
-from .machine import first_process, read_json_object
+from .machine import GPU_OVERRIDE, env_gib, first_process, read_json_object
 
 
 @dataclass
@@ -271,8 +271,11 @@ def _set_aside_refused(err, parser, argv):
         unset_hf_deepspeed_config()  # a DeepSpeed config that failed half-way made itself the process-wide one
     problems = number_problems(values)
     set_aside = {name: default for name, _, _, default in out_of_range(values)}
-    precision = machine_precision_problems(values.get("fp16"), values.get("bf16"), values.get("use_cpu"))
-    if precision:
+    # --plan with CLM_ASSUME_GPU_GIB plans for a GPU this machine lacks: its --bf16 is planned, not refused.
+    planning_bf16 = bool(values.get("plan") and values.get("bf16") and env_gib(GPU_OVERRIDE) is not None)
+    precision = machine_precision_problems(values.get("fp16"), values.get("bf16"), values.get("use_cpu"),
+                                           assume_gpu=planning_bf16)
+    if precision or planning_bf16:
         problems, set_aside = problems + precision, dict(set_aside, fp16=False, bf16=False)
     deepspeed = deepspeed_file_problems(values["deepspeed"]) if values.get("deepspeed") else []
     if deepspeed:
@@ -281,6 +284,9 @@ def _set_aside_refused(err, parser, argv):
         built = _build(parser, dict(values, **set_aside))
     except ValueError as still:  # not (only) what we blamed
         raise UsageError(*problems, f"invalid training flags: {' '.join(str(still).split())}") from None
+    if planning_bf16 and not precision:
+        built[2].bf16 = True  # only the plan reads it: nothing is trained
+        return built, problems
     return built, problems or [f"invalid training flags: {' '.join(str(err).split())}"]
 
 

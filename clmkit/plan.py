@@ -335,6 +335,9 @@ def activation_bytes(shape, setup, act_bytes):
 # Bytes of optimizer state a parameter for the low-bit AdamWs --optim offers (m and v, plus their block scales)
 OPTIMIZER_STATE_BYTES = {"adamw_torch_8bit": 2, "adamw_torch_4bit": 1, "adamw_bnb_8bit": 2, "adamw_8bit": 2,
                          "paged_adamw_8bit": 2}
+# What a low-bit AdamW holds on the GPU beyond its state, per parameter: fitted to the bf16 mode's peak at 12 and
+# at 48 layers of GPT-2 XL's width (docs/plan-calibration.md), 1.6 bytes a parameter at both.
+LOW_BIT_WORKING_BYTES = 1.6
 
 
 def estimate(shape: ModelShape, setup: Setup) -> Needs:
@@ -360,7 +363,9 @@ def estimate(shape: ModelShape, setup: Setup) -> Needs:
         # AdamW); under autocast of fp32 weights a 16-bit copy of every weight, cached in the forward pass and kept
         # for the backward
         copies = 2 * n if setup.half and weight_bytes == 4 else 0
-        gpu_states, buffers = (2 * weight_bytes + optimizer_state) * n + copies, 0
+        gpu_states = (2 * weight_bytes + optimizer_state) * n + copies
+        # On several GPUs DDP's buckets are the gradients themselves (trainer.py), so they add nothing here.
+        buffers = int(LOW_BIT_WORKING_BYTES * n) if setup.optim in OPTIMIZER_STATE_BYTES else 0
     kept, transient, loss, layer = activation_bytes(shape, setup, act_bytes)
 
     worker = WORKER_BASELINE + (CUDA_BASELINE if setup.cuda and not setup.use_cpu else 0)

@@ -4,6 +4,9 @@ stop a run host RAM or disk cannot hold."""
 from .machine import GPU_OVERRIDE, gib
 from .plan import GPU_MARGIN, OVER
 
+# The GPU estimate is held to within 15% of what runs measure: beyond that over the free memory, a run stops.
+GPU_STOP_MARGIN = 1.15
+
 
 def params(n):
     return f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.2f}M"
@@ -33,9 +36,14 @@ def gpu_line(plan):
 
 
 def stop_problems(plan):
-    """One line for each of host RAM and disk that clearly cannot hold the run."""
+    """One line for each of GPU memory, host RAM and disk that clearly cannot hold the run."""
     problems = []
     needs, machine = plan.needs, plan.machine
+    if plan.status.get("GPU") == OVER and needs.gpu > GPU_STOP_MARGIN * machine.gpu_free:
+        problems.append(f"GPU: the run needs about {gib(needs.gpu)} on each GPU at its peak (model states "
+                        f"{gib(needs.gpu_states)} + activations {gib(needs.activations)} + buffers "
+                        f"{gib(needs.gpu_buffers)}) but {gib(machine.gpu_free)} is free{machine.gpu_note}; "
+                        f"{plan.compute_change()}")
     if plan.status["host RAM"] == OVER:
         problems.append(f"host RAM: the run needs about {gib(needs.host)} at its peak ({host_terms(plan)}) "
                         f"but {gib(machine.ram)} is available{machine.ram_note}; {plan.compute_change()}")
@@ -93,8 +101,9 @@ def report(plan) -> str:
             f"kept {gib(n.kept)} ({'each layer input' if s.checkpointing else 'every layer'}, {tokens:,} "
             f"tokens) + loss over {min(tokens, s.chunk_tokens or tokens):,} x {shape.vocab:,} logits "
             f"{gib(n.loss)}" + (f", or a recomputed layer {gib(2 * n.layer)}" if s.checkpointing else "")),
-        row("buffers", gib(n.gpu_buffers), "DeepSpeed's gradient buckets and offload staging"
-            if s.deepspeed else "none"),
+        row("buffers", gib(n.gpu_buffers), "DeepSpeed's gradient buckets and offload staging" if s.deepspeed
+            else "the low-bit optimizer's working memory" if n.gpu_buffers else
+            "none" + (" (DDP's buckets are the gradients)" if s.ranks * s.nodes > 1 else "")),
         row("peak", gib(n.gpu), f"allocated; allow {round((GPU_MARGIN - 1) * 100)}% more for fragmentation"),
         "host RAM",
         row("optimizer state", gib(n.host_optimizer),

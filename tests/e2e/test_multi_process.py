@@ -52,7 +52,7 @@ def model(tiny_model, tmp_path_factory):
 
 def command(processes, out, model, corpus, *extra, ds_config="ds_config.json", port=None):
     """The user's command: the deepspeed launcher with --num_gpus; on this CPU machine one process per 'GPU'."""
-    flags = ["--deepspeed", os.path.join(REPO, ds_config), "--model_name_or_path", model,
+    flags = (["--deepspeed", os.path.join(REPO, ds_config)] if ds_config else []) + ["--model_name_or_path", model,
              "--train_file", corpus / "train.txt", "--validation_file", corpus / "validation.txt",
              "--do_train", "--do_eval", "--output_dir", out, "--block_size", BLOCK, "--max_steps", STEPS,
              "--learning_rate", 2e-3, "--logging_steps", 2, "--save_steps", SAVE_EVERY, "--eval_strategy", "steps",
@@ -125,6 +125,23 @@ def assert_same_weights(a, b, tolerance=WEIGHT_TOLERANCE):
 # ---------------------------------------------------------------- 2 processes against 1, same global batch
 
 
+# The bf16 mode's engine on the CPU, in fp32 (bf16 weights would round each layout's sums differently): no
+# DeepSpeed, so DDP with its gradients as bucket views, torchao's 8-bit AdamW and the chunked loss.
+EIGHT_BIT = ["--optim", "adamw_torch_8bit", "--chunked_loss"]
+
+
+@pytest.fixture(scope="module")
+def two_8bit(model, corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("two8bit") / "out"
+    return out, launch(2, out, model, corpus, *TWO, *EIGHT_BIT, ds_config=None)
+
+
+@pytest.fixture(scope="module")
+def one_8bit(model, corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one8bit") / "out"
+    return out, launch(1, out, model, corpus, *ONE, *EIGHT_BIT, ds_config=None)
+
+
 def test_two_processes_train_like_one_with_the_same_global_batch(two, one):
     (out2, _), (out1, _) = two, one
     assert_same_training(out2, out1)
@@ -177,12 +194,12 @@ def test_text_is_read_and_tokenized_once(two):
 # ---------------------------------------------------------------- checkpoints across process counts
 
 
-def resume(processes, checkpoint, model, corpus, tmp_path, flags):
+def resume(processes, checkpoint, model, corpus, tmp_path, flags, ds_config="ds_config.json"):
     """Rerun the command on another number of processes, with only `checkpoint` in --output_dir."""
     out = tmp_path / "resumed"
     out.mkdir()
     shutil.copytree(checkpoint, out / checkpoint.name)
-    return out, launch(processes, out, model, corpus, *flags)
+    return out, launch(processes, out, model, corpus, *flags, ds_config=ds_config)
 
 
 @pytest.mark.parametrize("direction", ["2 -> 1", "1 -> 2"])
@@ -199,6 +216,30 @@ def test_checkpoint_resumes_on_another_number_of_processes(direction, two, one, 
     # Ends where the uninterrupted runs of either layout end.
     assert_same_training(out, other[0], from_step=SAVE_EVERY)
     assert_same_training(out, source, from_step=SAVE_EVERY)
+    assert_same_weights(out, other[0])
+
+
+def test_the_bf16_modes_engine_on_two_processes_trains_like_one(two_8bit, one_8bit):
+    """DDP with gradients as bucket views, the 8-bit AdamW and the chunked loss: the same training on 2 processes
+    as on 1 with the same global batch (measured: equal to the last bit here), within LOSS_TOLERANCE."""
+    (out2, log2), (out1, _) = two_8bit, one_8bit
+    assert "2 processes = 8 sequences" in log2 and "plain PyTorch (no DeepSpeed)" in log2
+    assert_same_training(out2, out1)
+    assert_same_weights(out2, out1)
+    losses = list(history(out2)["loss"].values())
+    assert losses[-1] < losses[0] - 0.3
+
+
+def test_a_checkpoint_of_the_bf16_modes_engine_resumes_on_another_number_of_processes(two_8bit, one_8bit, model,
+                                                                                      corpus, tmp_path):
+    """Without DeepSpeed every process holds the whole optimizer state: the checkpoint goes on as it is, 2 -> 1 here.
+    (1 -> 2 runs on GPUs, bench/gpu_resume_across_gpus.sh: on CPU processes torch cannot map the 8-bit state's
+    'cpu:0' storages back when the Trainer loads them onto its multi-process CPU device.)"""
+    (source, _), processes, flags, other = two_8bit, 1, ONE, one_8bit
+    out, log = resume(processes, source / f"checkpoint-{SAVE_EVERY}", model, corpus, tmp_path, [*flags, *EIGHT_BIT],
+                      ds_config=None)
+    assert f"resuming from {out / f'checkpoint-{SAVE_EVERY}'} (step {SAVE_EVERY})" in log
+    assert_same_training(out, other[0], from_step=SAVE_EVERY)
     assert_same_weights(out, other[0])
 
 

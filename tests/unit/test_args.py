@@ -56,3 +56,12 @@ def test_generation_help_shows_each_default_and_takes_no_abbreviation(capsys):
     with pytest.raises(SystemExit):
         run_generation.parse(["--model_name_or_path", "m", "--leng", "5"])
     assert "unrecognized arguments: --leng" in capsys.readouterr().err
+
+
+def test_plan_takes_bf16_for_an_assumed_gpu(monkeypatch):
+    """--plan with CLM_ASSUME_GPU_GIB plans the bf16 mode on a machine without a GPU (or with one) instead of
+    refusing --bf16; a real run on such a machine is still refused."""
+    monkeypatch.setenv("CLM_ASSUME_GPU_GIB", "16")
+    flags = ["--output_dir", "x", "--do_train", "--bf16", "--dtype", "bfloat16", "--plan"]
+    _, _, training_args, refused = parse_args(flags)
+    assert training_args.bf16 is True and refused == []

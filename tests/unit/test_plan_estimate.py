@@ -123,3 +123,23 @@ def test_gpt_neo_as_predicted_before_it_was_measured():
     needs = estimate(shape, dataclasses.replace(CLASSIC, launcher=True))
     assert needs.gpu / GiB == pytest.approx(11.59, rel=0.15)
     assert needs.host / GiB == pytest.approx(70.8, rel=0.15)
+
+
+def test_the_bf16_mode_needs_no_more_per_gpu_on_several_gpus(xl):
+    """DDP's buckets are the gradients themselves (gradient_as_bucket_view): a second GPU adds nothing to each
+    GPU's share, where a second copy of every gradient (2.9 GiB) would not fit a 16 GiB card."""
+    one = estimate(xl, BF16_MODE)
+    two = estimate(xl, dataclasses.replace(BF16_MODE, ranks=2))
+    assert two.gpu == one.gpu
+    assert Plan(xl, dataclasses.replace(BF16_MODE, ranks=2), machine(gpu_gib=16), "out").status["GPU"] != \
+        "does not fit"
+
+
+def test_a_run_the_gpu_cannot_hold_is_stopped_with_a_change_that_fits(xl):
+    too_big = dataclasses.replace(BF16_MODE, micro_batch=32, accumulation=1)
+    plan = Plan(xl, too_big, machine(gpu_gib=16), "out")
+    (line,) = stop_problems(plan)
+    assert line.startswith("GPU: the run needs about") and "16.0 GiB is free" in line
+    assert "--per_device_train_batch_size 8 --gradient_accumulation_steps 4" in line
+    fitting = dataclasses.replace(BF16_MODE, micro_batch=8, accumulation=4)
+    assert stop_problems(Plan(xl, fitting, machine(gpu_gib=16), "out")) == []
