@@ -110,12 +110,17 @@ def test_split_paragraph_keeps_inner_line_breaks(tmp_path):
     assert rows(tmp_path / "p.csv") == ["stanza one\nline two", "stanza two", "last\nlines"]
 
 
-def test_from_folder_makes_one_row_per_txt_file_sorted(tmp_path):
+def text_folder(tmp_path, files):
+    """tmp_path/texts holding {name: text}."""
     texts = tmp_path / "texts"
     texts.mkdir()
-    (texts / "b.txt").write_text("bee\n", encoding="utf-8")
-    (texts / "a.txt").write_text("ay\nay\n", encoding="utf-8")
-    (texts / "notes.md").write_text("not a text", encoding="utf-8")
+    for name, text in files.items():
+        (texts / name).write_text(text, encoding="utf-8")
+    return texts
+
+
+def test_from_folder_makes_one_row_per_txt_file_sorted(tmp_path):
+    text_folder(tmp_path, {"b.txt": "bee\n", "a.txt": "ay\nay\n", "notes.md": "not a text"})
 
     assert run(tmp_path, "--from_folder", "texts").returncode == 0
     assert rows(tmp_path / "texts.csv") == ["ay\nay\n", "bee\n"]
@@ -281,11 +286,7 @@ def test_an_existing_from_folder_csv_names_output_in_the_fix(tmp_path):
 
 
 def test_from_folder_takes_txt_files_of_any_case(tmp_path):
-    texts = tmp_path / "texts"
-    texts.mkdir()
-    (texts / "A.TXT").write_text("upper\n", encoding="utf-8")
-    (texts / "b.Txt").write_text("mixed\n", encoding="utf-8")
-    (texts / "c.txt").write_text("lower\n", encoding="utf-8")
+    text_folder(tmp_path, {"A.TXT": "upper\n", "b.Txt": "mixed\n", "c.txt": "lower\n"})
 
     result = run(tmp_path, "--from_folder", "texts")
 
@@ -295,11 +296,7 @@ def test_from_folder_takes_txt_files_of_any_case(tmp_path):
 
 def test_from_folder_sorts_names_as_a_person_reads_them(tmp_path):
     """a.txt before B.TXT, not after it as character codes would put it."""
-    texts = tmp_path / "texts"
-    texts.mkdir()
-    (texts / "B.TXT").write_text("second\n", encoding="utf-8")
-    (texts / "a.txt").write_text("first\n", encoding="utf-8")
-    (texts / "c.txt").write_text("third\n", encoding="utf-8")
+    text_folder(tmp_path, {"B.TXT": "second\n", "a.txt": "first\n", "c.txt": "third\n"})
     assert run(tmp_path, "--from_folder", "texts").returncode == 0
     assert rows(tmp_path / "texts.csv") == ["first\n", "second\n", "third\n"]
 
