@@ -186,8 +186,10 @@ def test_text_is_read_and_tokenized_once(two):
     out, log = two
     # The first process fills the datasets cache; the other waits, then reads it. Each pass shows one progress bar.
     assert len(re.findall(r"Generating train split: [1-9]\d* examples", log)) == 1
-    assert log.count("Tokenizing: 100%") == 2  # train and validation
-    assert log.count(f"Making sequences of {BLOCK} tokens: 100%") == 2
+    # Each pass is one progress bar, counted by its start: at its end a bar may print "100%" once or twice, as
+    # the time between its last refreshes falls.
+    assert log.count("Tokenizing:   0%") == 2  # train and validation
+    assert log.count(f"Making sequences of {BLOCK} tokens:   0%") == 2
     assert list((out.parent / "datasets-cache").rglob("cache-*.arrow"))
 
 
