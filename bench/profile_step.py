@@ -79,7 +79,7 @@ def main():
         one_step(model, ids)
         torch.cuda.synchronize()
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70)
-    lines += ["", f"Top CUDA kernels, first variant, one micro-batch:", "", "```", table, "```"]
+    lines += ["", "Top CUDA kernels, first variant, one micro-batch:", "", "```", table, "```"]
     text = "\n".join(lines)
     print(text)
     if args.out:
