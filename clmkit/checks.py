@@ -25,7 +25,7 @@ from .checkpoints import is_complete
 from .data import BUILDERS, PAIRS, builder_for, choose_block_size, file_kind
 from .errors import UsageError
 from .loading import hub_options, load_config, load_tokenizer, model_weights_problems
-from .machine import GPU_OVERRIDE, nearest_existing, read_deepspeed_config
+from .machine import GPU_OVERRIDE, hub_offline, nearest_existing, read_deepspeed_config
 
 
 def find_problems(model_args, data_args, training_args, ds_config):
@@ -177,7 +177,7 @@ def hub_problems(training_args):
     """--push_to_hub needs the hub: online, and a token to write with."""
     if not training_args.push_to_hub:
         return []
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
+    if hub_offline():
         return ["--push_to_hub: the hub is offline here (HF_HUB_OFFLINE is set); drop --push_to_hub (the model is "
                 "saved in --output_dir either way), or unset HF_HUB_OFFLINE on a machine with network"]
     if not (training_args.hub_token or huggingface_hub.get_token()):

@@ -6,6 +6,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CONFIG_MAPPING
 
 from .errors import UsageError
+from .machine import hub_offline
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -31,7 +32,7 @@ def _not_found(flag: str, name: str, err: Exception, what: str = "model") -> Usa
         return UsageError(f"{flag} {name}: the folder has no usable {missing} ({detail}); {saved}")
     if _looks_like_path(name) or os.path.exists(name):
         return UsageError(f"{flag} {name}: no such folder; {saved}, or a hub model name such as gpt2-xl")
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
+    if hub_offline():
         return UsageError(f"{flag} {name}: not a local folder, and not downloaded while the hub is offline "
                           f"(HF_HUB_OFFLINE is set); download it once online (hf download {name}) or {saved}")
     return UsageError(f"{flag} {name}: not a local folder nor a model on the hub ({detail}); check the name, "

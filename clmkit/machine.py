@@ -49,6 +49,11 @@ def env_gib(name):
 # ---------------------------------------------------------------- processes
 
 
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE is set: nothing is fetched from the model hub."""
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+
+
 def first_process() -> bool:
     """Rank 0 of a launched run, or the only process: the one that prints notices for all of them."""
     return int(os.environ.get("RANK") or 0) == 0
