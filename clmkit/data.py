@@ -193,16 +193,10 @@ def cut_blocks(batch, block_size):
 
 
 def pad_examples(batch, block_size, pad_id):
-    """Each example on its own: truncated, then right-padded; padding is masked out of the loss with -100."""
-    out = {"input_ids": [], "attention_mask": [], "labels": [], "cut_tokens": []}
-    for ids in batch["input_ids"]:
-        out["cut_tokens"].append(max(0, len(ids) - block_size))
-        ids = ids[:block_size]
-        pad = block_size - len(ids)
-        out["input_ids"].append(ids + [pad_id] * pad)
-        out["attention_mask"].append([1] * len(ids) + [0] * pad)
-        out["labels"].append(ids + [-100] * pad)
-    return out
+    """Each example on its own: truncated, then right-padded; padding is masked out of the loss with -100. That is
+    a prompt/completion example without a prompt."""
+    return pad_pairs({"prompt_ids": [[] for _ in batch["input_ids"]], "completion_ids": batch["input_ids"]},
+                     block_size, pad_id)
 
 
 def split_sequences(sequences, data_args, block_size, tokens=None, evaluating=True, kinds=None):
