@@ -24,8 +24,10 @@ STALE_LOCK_SECONDS = 30
 def clear_stale_build_locks():
     """Remove each lock older than STALE_LOCK_SECONDS that no process works beside (ninja and the compiler run in
     the lock's folder)."""
-    root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
-    locks = glob.glob(os.path.join(root, "*", "*", "lock"))
+    # torch builds straight under TORCH_EXTENSIONS_DIR when it is set, else under a folder per Python and CUDA version.
+    chosen = os.environ.get("TORCH_EXTENSIONS_DIR")
+    locks = glob.glob(os.path.join(chosen, "*", "lock") if chosen else
+                      os.path.join(get_default_build_root(), "*", "*", "lock"))
     if not locks:
         return
     working_in = {p.info["cwd"] for p in psutil.process_iter(["cwd"]) if p.info.get("cwd")}

@@ -4,9 +4,9 @@ Exact equality holds on CPU in full precision: the Trainer restores weights, opt
 the data position, so the arithmetic after resume is the same arithmetic.
 """
 
-import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,8 +39,9 @@ def start(cmd, env=None):
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def run_to_end(cmd):
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+def run_to_end(cmd, env=None):
+    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, **(env or {})), capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr
 
@@ -260,19 +261,20 @@ def test_rerunning_a_finished_command_changes_nothing(tiny_model, corpus, tmp_pa
 def test_a_rerun_clears_the_build_lock_a_killed_run_left(tiny_model, corpus, tmp_path):
     """A run killed while torch built DeepSpeed's CPU Adam leaves `lock` in the build folder. torch takes that lock
     on every run, even when the build is done, and waited on it forever without a word. The rerun removes it, says
-    so, and trains."""
+    so, and trains. The builds live in a folder of this test's own (TORCH_EXTENSIONS_DIR), so that no other run
+    clears the lock first and this lock never holds up another run."""
     from torch.utils.cpp_extension import _get_build_directory
 
-    lock = os.path.join(_get_build_directory("cpu_adam", verbose=False), "lock")
-    open(lock, "w").close()
+    shared = os.path.dirname(_get_build_directory("cpu_adam", verbose=False))
+    own = tmp_path / "extensions"
+    if os.path.isdir(shared):  # the builds done so far, so that this run need not compile again
+        shutil.copytree(shared, own, ignore=shutil.ignore_patterns("lock"))
+    lock = own / "cpu_adam" / "lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.touch()
     killed_at = time.time() - 600
     os.utime(lock, (killed_at, killed_at))
-    try:
-        out = run_to_end(command(tiny_model, corpus, tmp_path / "out", use_deepspeed=True))
-        assert f"notice: removed {lock}, left by a build of cpu_adam that was killed" in out
-        assert os.path.isfile(tmp_path / "out" / "model.safetensors")
-    finally:  # never leave this test's lock to hang the runs after it
-        with contextlib.suppress(FileNotFoundError):
-            if os.path.getmtime(lock) == killed_at:
-                os.remove(lock)
-
+    out = run_to_end(command(tiny_model, corpus, tmp_path / "out", use_deepspeed=True),
+                     env={"TORCH_EXTENSIONS_DIR": str(own)})
+    assert f"notice: removed {lock}, left by a build of cpu_adam that was killed" in out
+    assert os.path.isfile(tmp_path / "out" / "model.safetensors")
