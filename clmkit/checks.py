@@ -24,8 +24,8 @@ from .checkpoints import is_complete
 
 from .data import BUILDERS, PAIRS, builder_for, choose_block_size, file_kind
 from .errors import UsageError
-from .loading import hub_options, load_config, load_tokenizer, model_weights_problems
-from .machine import GPU_OVERRIDE, hub_offline, nearest_existing, read_deepspeed_config
+from .loading import FP16_MODE_OPTIM, hub_options, load_config, load_tokenizer, model_weights_problems
+from .machine import GPU_OVERRIDE, bf16_on_gpu, hub_offline, nearest_existing, read_deepspeed_config
 
 
 def find_problems(model_args, data_args, training_args, ds_config):
@@ -137,15 +137,17 @@ def number_problems(values):
 
 def dtype_problems(model_args, training_args):
     """--dtype and the mixed precision flag must agree: fp16 weights under bf16 autocast (or the reverse) fail on
-    the first forward pass (a mixed-dtype matrix product). Training fp16 weights needs DeepSpeed's fp32 copy."""
+    the first forward pass (a mixed-dtype matrix product). fp16 weights train in the fp16 mode (its 8-bit AdamW
+    rounds stochastically under a loss scale) or under DeepSpeed (an fp32 copy)."""
     dtype = getattr(model_args, "dtype", None)
     clash = {("float16", True, False): "--bf16", ("bfloat16", False, True): "--fp16"}.get(
         (dtype, bool(training_args.bf16), bool(training_args.fp16)))
     if clash is None:
-        if dtype == "float16" and training_args.do_train and not training_args.deepspeed:
-            return ["--dtype float16 without --deepspeed: fp16 weights trained with no fp32 copy lose every update "
-                    "smaller than fp16's step; use the bf16 mode (--bf16 --dtype bfloat16, README), or "
-                    "--deepspeed ds_config.json --fp16 (fp32 master weights)"]
+        optim = str(getattr(training_args.optim, "value", training_args.optim))
+        if dtype == "float16" and training_args.do_train and not training_args.deepspeed and optim != FP16_MODE_OPTIM:
+            return [f"--dtype float16 with --optim {optim}: fp16 weights trained with no fp32 copy lose every "
+                    f"update smaller than fp16's step; use the fp16 mode (--fp16 --optim {FP16_MODE_OPTIM}, which "
+                    "rounds stochastically), or --deepspeed ds_config.json --fp16 (fp32 master weights)"]
         return []
     match = "--bf16" if dtype == "bfloat16" else "--fp16"
     return [f"--dtype {dtype} with {clash}: the weights and the mixed precision disagree; use {match}, "
@@ -358,7 +360,8 @@ def precision_problems(fp16, bf16, use_cpu, cuda_available, bf16_supported):
     if bf16 and not use_cpu and not cuda_available:
         return ["--bf16: this machine has no CUDA GPU; add --use_cpu to train in bf16 on the CPU, or drop --bf16"]
     if bf16 and not use_cpu and not bf16_supported:
-        return ["--bf16: this GPU has no bf16 support (that needs an Ampere or newer card); use --fp16 instead"]
+        return [f"--bf16: this GPU has no bf16 (that needs an Ampere or newer card); use the fp16 mode, --fp16 "
+                f"--optim {FP16_MODE_OPTIM} (README), or --fp16 with --deepspeed ds_config.json"]
     return []
 
 
@@ -366,10 +369,8 @@ def machine_precision_problems(fp16, bf16, use_cpu, assume_gpu=False):
     """assume_gpu: --plan with CLM_ASSUME_GPU_GIB plans for a (bf16-capable) GPU this machine may not have."""
     if not (fp16 or bf16):
         return []
-    if assume_gpu:
-        return precision_problems(fp16, bf16, use_cpu, True, True)
-    cuda = torch.cuda.is_available()
-    return precision_problems(fp16, bf16, use_cpu, cuda, cuda and bf16 and torch.cuda.is_bf16_supported())
+    cuda = assume_gpu or torch.cuda.is_available()
+    return precision_problems(fp16, bf16, use_cpu, cuda, bf16_on_gpu(assumed_gpu=assume_gpu))
 
 
 # ---------------------------------------------------------------- DeepSpeed config

@@ -114,18 +114,30 @@ def hub_options(model_args) -> dict:
     }
 
 
+# The optimizer of the fp16 mode (clmkit/fp16_adamw.py): fp16 weights, 8-bit AdamW state, a loss scale.
+FP16_MODE_OPTIM = "adamw_torch_8bit"
+
+
+def fp16_mode(model_args, training_args) -> bool:
+    """fp16 weights trained without DeepSpeed: --fp16 (or --dtype float16) with --optim adamw_torch_8bit."""
+    return (training_args is not None and not training_args.deepspeed
+            and training_dtype(model_args, training_args) == torch.float16)
+
+
 def training_dtype(model_args, training_args):
     """The dtype to load weights in: --dtype when given; else, under DeepSpeed with --fp16/--bf16, that half
     precision. DeepSpeed casts the model to it anyway and builds its fp32 master weights from the cast copy, so
-    loading straight into it is the same numbers with half the reading and host memory. Without DeepSpeed the
-    Trainer's autocast needs fp32 weights: the checkpoint's own dtype then."""
+    loading straight into it is the same numbers with half the reading and host memory. Without DeepSpeed, --fp16
+    with the fp16 mode's 8-bit AdamW trains fp16 weights; otherwise the Trainer's autocast needs fp32 weights: the
+    checkpoint's own dtype then."""
     if model_args.dtype:
         return DTYPES.get(model_args.dtype, model_args.dtype)
-    if training_args is not None and training_args.deepspeed:
-        if training_args.fp16:
-            return torch.float16
-        if training_args.bf16:
-            return torch.bfloat16
+    if training_args is None or not (training_args.fp16 or training_args.bf16):
+        return None
+    if training_args.deepspeed:
+        return torch.float16 if training_args.fp16 else torch.bfloat16
+    if training_args.fp16 and str(getattr(training_args.optim, "value", training_args.optim)) == FP16_MODE_OPTIM:
+        return torch.float16
     return None
 
 
@@ -138,7 +150,7 @@ def load_model_for_training(model_args, config, tokenizer, training_args=None):
     fused_gelu = getattr(model_args, "fused_gelu", True) and getattr(config, "activation_function", None) == "gelu_new"
     if fused_gelu:
         config.activation_function = "gelu_pytorch_tanh"
-    model = _build_for_training(model_args, config, dtype)
+    model = _build_for_training(model_args, config, dtype, _load_straight_to(training_args, dtype))
     if fused_gelu:
         config.activation_function = model.config.activation_function = "gelu_new"
     # A tokenizer with added tokens needs rows for them; never shrink a pretrained embedding. Under ZeRO-3 each
@@ -150,6 +162,19 @@ def load_model_for_training(model_args, config, tokenizer, training_args=None):
     if getattr(model, "loss_type", None) is None:
         model.loss_type = "ForCausalLM"  # the loss of every causal LM; unset, Transformers warns and picks it itself
     return model
+
+
+def loads_straight_to_gpu(training_args, dtype) -> bool:
+    """16-bit weights trained without DeepSpeed (which places the model itself) on a GPU are read straight onto it:
+    host RAM never holds the whole model, which a small machine (a free notebook's 12.7 GB) needs."""
+    return (training_args is not None and not training_args.deepspeed and not training_args.use_cpu
+            and dtype in (torch.float16, torch.bfloat16) and torch.cuda.is_available())
+
+
+def _load_straight_to(training_args, dtype):
+    if not loads_straight_to_gpu(training_args, dtype):
+        return None
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
 
 
 def agree_on_special_tokens(model, tokenizer):
@@ -169,11 +194,15 @@ def agree_on_special_tokens(model, tokenizer):
         setattr(generation, name, value)
 
 
-def _build_for_training(model_args, config, dtype):
+def _build_for_training(model_args, config, dtype, device=None):
+    """device: where the weights go as they are read (no whole copy in host RAM first); None leaves them on the
+    CPU. A model built from a config is initialised on the CPU either way: the same --seed, the same weights, in
+    every mode."""
     if model_args.model_name_or_path:
+        placement = {"device_map": {"": device}} if device is not None else {}
         try:
             model = AutoModelForCausalLM.from_pretrained(
-                model_args.model_name_or_path, config=config, dtype=dtype, **hub_options(model_args)
+                model_args.model_name_or_path, config=config, dtype=dtype, **placement, **hub_options(model_args)
             )
         except OSError as err:
             raise _not_found("--model_name_or_path", model_args.model_name_or_path, err) from None

@@ -24,6 +24,7 @@ GiB = 2**30
 GPU_OVERRIDE = "CLM_ASSUME_GPU_GIB"  # each GPU has this much free, or there is one where none is
 HOST_RAM_OVERRIDE = "CLM_ASSUME_HOST_RAM_GIB"  # this much host RAM is available
 FREE_DISK_OVERRIDE = "CLM_ASSUME_FREE_DISK_GIB"  # the output disk has this much free
+NO_BF16_OVERRIDE = "CLM_ASSUME_NO_BF16"  # set (1): the GPU has no bf16, as a T4, V100 or P100
 # The run uses no more than this of each GPU: a large card behaves like a 16 GB one (for measuring).
 GPU_CAP = "CLM_GPU_MEMORY_GIB"
 
@@ -156,6 +157,14 @@ def gpu_here() -> bool:
     return torch.cuda.is_available() or env_gib(GPU_OVERRIDE) is not None
 
 
+def bf16_on_gpu(assumed_gpu=False) -> bool:
+    """The GPU does bf16 (Ampere or newer), unless CLM_ASSUME_NO_BF16 says to act like one that does not.
+    assumed_gpu: a GPU planned for by CLM_ASSUME_GPU_GIB, taken to do bf16."""
+    if os.environ.get(NO_BF16_OVERRIDE, "0") not in ("", "0"):
+        return False
+    return assumed_gpu or (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
 def apply_gpu_memory_cap():
     """CLM_GPU_MEMORY_GIB=16 makes a large card behave like a 16 GB one (for measuring; users don't need it)."""
     cap = os.environ.get(GPU_CAP)
@@ -216,6 +225,7 @@ class Machine:
     disk: int
     disk_path: str
     disk_note: str
+    bf16: bool = True  # the GPU does bf16 (bf16_on_gpu)
 
     @property
     def gpu_free(self):
@@ -231,7 +241,8 @@ def probe_machine(output_dir, ranks=1, every_gpu=False) -> Machine:
         ram = psutil.virtual_memory().available
     disk_note = f" ({FREE_DISK_OVERRIDE})" if os.environ.get(FREE_DISK_OVERRIDE) else ""
     return Machine(gpus=gpus, gpu_note=gpu_note, ram=ram, ram_note=ram_note, disk=free_disk_bytes(output_dir),
-                   disk_path=nearest_existing(output_dir), disk_note=disk_note)
+                   disk_path=nearest_existing(output_dir), disk_note=disk_note,
+                   bf16=bf16_on_gpu(assumed_gpu=env_gib(GPU_OVERRIDE) is not None))
 
 
 # ---------------------------------------------------------------- files the user hands over

@@ -133,12 +133,24 @@ class Setup:
     checkpoints: bool = True  # checkpoints hold the optimizer state (not --save_only_model / --save_strategy no)
     weights: str = "fp32"  # what a weight is loaded in on the CPU, fp32 unless --dtype or the checkpoint says
     optim: str = "adamw_torch"  # --optim: without DeepSpeed, what Adam's state costs on the GPU
+    pretrained: bool = False  # weights read from --model_name_or_path (not built from a config)
+
+    @property
+    def fp16_mode(self):
+        return not self.deepspeed and self.weights == "fp16"
+
+    @property
+    def loads_to_gpu(self):
+        """Pretrained 16-bit weights without DeepSpeed are read straight onto the GPU (clmkit/loading.py)."""
+        return self.pretrained and not self.deepspeed and self.weights != "fp32" and self.cuda and not self.use_cpu
 
     @property
     def precision_label(self):
         """--fp16/--bf16 (or fp32); without DeepSpeed, also the weights' own dtype where --dtype makes it 16-bit."""
         if self.deepspeed or self.weights == "fp32":
             return self.precision
+        if self.fp16_mode:
+            return "fp16 weights, loss scale and stochastic rounding (the fp16 mode)"
         return f"{self.weights} weights" + (f" ({self.precision} autocast)" if self.precision != "fp32" else "")
 
     @property
@@ -214,6 +226,7 @@ def setup_from_args(training_args, block_size, ds_config=None, model_args=None, 
         checkpoints=save_strategy != "no" and not training_args.save_only_model,
         weights=_load_dtype(model_args, config, training_args),
         optim=str(getattr(training_args.optim, "value", training_args.optim)),
+        pretrained=bool(getattr(model_args, "model_name_or_path", None)),
     )
 
 
@@ -335,6 +348,15 @@ def activation_bytes(shape, setup, act_bytes):
 # Bytes of optimizer state a parameter for the low-bit AdamWs --optim offers (m and v, plus their block scales)
 OPTIMIZER_STATE_BYTES = {"adamw_torch_8bit": 2, "adamw_torch_4bit": 1, "adamw_bnb_8bit": 2, "adamw_8bit": 2,
                          "paged_adamw_8bit": 2}
+# torchao quantizes a state tensor in blocks of 256 elements, only one of at least 4096 elements that splits into
+# whole blocks; the others stay in the weights' dtype, or fp32 in the fp16 mode (clmkit/fp16_adamw.py).
+QUANTIZED_BLOCK, QUANTIZED_MIN = 256, 4096
+
+
+def unquantized_elements(shape: ModelShape) -> int:
+    return sum(n for n, _ in shape.sizes if n < QUANTIZED_MIN or n % QUANTIZED_BLOCK)
+
+
 # What a low-bit AdamW holds on the GPU beyond its state, per parameter: fitted to the bf16 mode's peak at 12 and
 # at 48 layers of GPT-2 XL's width (docs/plan-calibration.md), 1.6 bytes a parameter at both.
 LOW_BIT_WORKING_BYTES = 1.6
@@ -364,6 +386,10 @@ def estimate(shape: ModelShape, setup: Setup) -> Needs:
         # for the backward
         copies = 2 * n if setup.half and weight_bytes == 4 else 0
         gpu_states = (2 * weight_bytes + optimizer_state) * n + copies
+        if setup.fp16_mode and setup.optim in OPTIMIZER_STATE_BYTES:
+            # m and v in fp32 where torchao does not quantize (GPT-2's embedding: 50257 rows do not split into
+            # blocks); the LOW_BIT_WORKING_BYTES fit already holds them at the bf16 mode's 4 bytes
+            gpu_states += 4 * unquantized_elements(shape)
         # On several GPUs DDP's buckets are the gradients themselves (trainer.py), so they add nothing here.
         buffers = int(LOW_BIT_WORKING_BYTES * n) if setup.optim in OPTIMIZER_STATE_BYTES else 0
     kept, transient, loss, layer = activation_bytes(shape, setup, act_bytes)
@@ -381,6 +407,8 @@ def estimate(shape: ModelShape, setup: Setup) -> Needs:
         pinned, parts = zero2_offload_buffers(shape, setup, weight_bytes)
     if setup.deepspeed and setup.stage == 3:
         loading = setup.ranks * 4 * shape.largest_layer  # zero.Init partitions each module as it is built
+    elif setup.loads_to_gpu:  # tensor by tensor onto the GPU
+        loading = setup.ranks * setup.load_bytes * shape.largest_param
     else:  # every rank builds (or loads) the whole model on the CPU first; initialising a tensor copies it once
         loading = setup.ranks * setup.load_bytes * (n + shape.largest_param)
     # model.safetensors: safetensors copies every GPU tensor to the CPU and keeps them all until the file is
@@ -471,7 +499,24 @@ class Plan:
         if s.deepspeed and s.offload_optimizer and s.stage < 3:
             out.append((f'no "offload_optimizer" in {s.deepspeed} (the optimizer state on the GPU)',
                         dataclasses.replace(s, offload_optimizer=False, pin_memory=False)))
+        if s.deepspeed and not s.use_cpu:  # the mode for 16-bit weights this GPU does, without DeepSpeed
+            name, flags, setup = mode_setups(s)[2 if self.machine.bf16 else 1]
+            out.append((f"the {name}: {flags} without --deepspeed", setup))
         return out
+
+    def modes(self):
+        """[(name, flags, verdict)] of each way the tool trains, at this run's batch, on this machine's GPU."""
+        rows = []
+        for name, flags, setup in mode_setups(self.setup):
+            if setup.precision == "bf16" and not self.machine.bf16:
+                rows.append((name, flags, "cannot run: this GPU has no bf16"))
+                continue
+            needs = estimate(self.shape, setup)
+            status = self._status(needs, setup)
+            verdict = OVER if OVER in status.values() else TIGHT if TIGHT in status.values() else FITS
+            rows.append((name, flags, f"{verdict}: GPU {gib(needs.gpu)} ({status.get('GPU', '?')}), host RAM "
+                                      f"{gib(needs.host)} ({status['host RAM']})"))
+        return rows
 
     def _fits_compute(self, setup):
         status = self._status(estimate(self.shape, setup), setup)
@@ -526,6 +571,24 @@ class Plan:
             text += (f", or add --save_only_model (about {gib(self.needs.disk_weights)} a checkpoint, but no "
                      "resuming from it)")
         return text
+
+
+def mode_setups(s: Setup):
+    """The tool's ways to train, each at the batch of `s`: (name, the flags that choose it, its Setup)."""
+    plain = dict(deepspeed="", stage=0, offload_optimizer=False, offload_param=False, pin_memory=False,
+                 overlap_comm=False, optim="adamw_torch_8bit", chunk_tokens=CHUNK_TOKENS)
+    precision = s.precision if s.half else "fp16"
+    return [
+        ("classic recipe", f"--deepspeed ds_config.json --{precision}",
+         dataclasses.replace(s, deepspeed="ds_config.json", stage=2, offload_optimizer=True, offload_param=False,
+                             pin_memory=True, reduce_bucket=0, overlap_comm=True, precision=precision,
+                             weights=precision, optim="adamw_torch")),
+        ("fp16 mode", "--fp16 --optim adamw_torch_8bit --chunked_loss",
+         dataclasses.replace(s, precision="fp16", weights="fp16", **plain)),
+        ("bf16 mode", "--bf16 --dtype bfloat16 --optim adamw_torch_8bit --optim_args bf16_stochastic_round=True "
+                      "--chunked_loss",
+         dataclasses.replace(s, precision="bf16", weights="bf16", **plain)),
+    ]
 
 
 def model_shape_without_deepspeed(config, training_args):

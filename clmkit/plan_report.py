@@ -133,6 +133,9 @@ def report(plan) -> str:
         lines.append("  no GPU")
     lines += [f"  RAM: {gib(m.ram)} available{m.ram_note}", f"  disk: {gib(m.disk)} free at {m.disk_path}"
               f"{m.disk_note}"]
+    if not s.use_cpu and m.gpus:
+        lines.append("modes on this machine, at this batch")
+        lines += [f"  {name:<16}{verdict}   ({flags})" for name, flags, verdict in plan.modes()]
     checks = ", ".join(f"{key} {value}" for key, value in plan.status.items())
     change = plan.change()
     lines.append(f"verdict: {plan.verdict} ({checks})" + (f"\n  change: {change}" if change else ""))
@@ -158,6 +161,9 @@ def states_text(s):
 def loading_text(s):
     if s.deepspeed and s.stage == 3:
         return "zero.Init partitions each layer as it is built"
+    if s.loads_to_gpu:
+        return "read straight onto the GPU, one tensor at a time" + (f", in each of {s.ranks} workers"
+                                                                     if s.ranks > 1 else "")
     dtype = "fp32" if s.load_bytes == 4 else "16-bit"
     return f"the {dtype} model on the CPU before " + ("training" if s.use_cpu else "it moves to the GPU") + (
         f", in each of {s.ranks} workers" if s.ranks > 1 else "")

@@ -12,14 +12,17 @@ import time
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+import torch._inductor.config
 from accelerate.utils import DistributedDataParallelKwargs
+from torchao.optim import AdamW8bit
 from transformers import Trainer, TrainerCallback, default_data_collator
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_pt_utils import nested_gather
 
-from . import testhooks
+from . import dtypecheck, testhooks
 from .checkpoints import RunFlags, RunShape, saved_record
 from .cpucomm import ReleaseSharedMemory
+from .fp16_adamw import Fp16AdamW8bit, ScaleGradient
 from .loss import chunked_causal_lm_loss_sum
 from .plotting import LossPlotCallback
 from .stats import RunStatsCallback
@@ -31,6 +34,43 @@ class ClmTrainer(Trainer):
 
     checkpoint_started = None
     loss_before_resume = 0.0  # the summed step losses of the run up to the checkpoint it resumed from
+    scaled_optimizer = None  # the fp16 mode's optimizer, which keeps the loss scale
+
+    # -- the fp16 mode: its optimizer, the loss scale on the backward pass, the gradient norm in fp32
+
+    def get_optimizer_cls_and_kwargs(self, args, model=None):
+        optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+        if model is not None and not args.deepspeed and next(model.parameters()).dtype == torch.float16:
+            return Fp16AdamW8bit, dict(kwargs, max_grad_norm=args.max_grad_norm)
+        return optimizer_cls, kwargs
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        if isinstance(optimizer, Fp16AdamW8bit):
+            self.scaled_optimizer = optimizer
+        if isinstance(optimizer, AdamW8bit) and not self.args.torch_compile:
+            # torchao compiles its step, a few kernels; Inductor's default pool of compile workers, one process per
+            # core with torch imported in each, would take gigabytes of host RAM a small machine does not have.
+            torch._inductor.config.compile_threads = 1
+        return optimizer
+
+    def _clip_grad_norm(self, model):
+        # The Trainer would clip the scaled fp16 gradients, and sum their norm in fp16, where it overflows; the
+        # optimizer measures it in fp32 with the scale divided out, and clips inside its step.
+        if self.scaled_optimizer is None:
+            return super()._clip_grad_norm(model)
+        return self.scaled_optimizer.grad_norm()
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        if self.scaled_optimizer is None:
+            return super()._get_grad_norm(model, grad_norm)
+        return grad_norm if grad_norm is not None else self.scaled_optimizer.grad_norm()
+
+    def log(self, logs, *args, **kwargs):
+        if self.scaled_optimizer is not None and "loss" in logs:
+            logs["loss_scale"] = self.scaled_optimizer.loss_scale
+            logs["overflow_skipped_steps"] = self.scaled_optimizer.skipped_steps
+        super().log(logs, *args, **kwargs)
 
     def train(self, resume_from_checkpoint=None, **kwargs):
         saved = saved_record(resume_from_checkpoint, LossSoFar) if resume_from_checkpoint else None
@@ -78,6 +118,12 @@ class ClmTrainer(Trainer):
         return model, train_dataloader
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = self._loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.scaled_optimizer is not None and model.training and not return_outputs:
+            loss = ScaleGradient.apply(loss, self.scaled_optimizer.loss_scale)
+        return loss
+
+    def _loss(self, model, inputs, return_outputs, num_items_in_batch):
         if not getattr(self.args, "chunked_loss", False) or return_outputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         # Ask for the last position's logits only; the loss is computed from the final hidden states.
@@ -99,6 +145,18 @@ class ClmTrainer(Trainer):
         super().save_model(output_dir, _internal_call=_internal_call)
         if _internal_call:
             testhooks.after_checkpoint_weights(self.state.global_step, lambda: StopOnSignal.received_any)
+
+
+class SkippedStepKeepsTheSchedule(TrainerCallback):
+    """A step the fp16 mode skipped for overflowed gradients does not advance the learning-rate schedule (as
+    DeepSpeed and torch.amp do): the Trainer asks Accelerate's optimizer wrapper whether its step was skipped."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        if self.trainer.scaled_optimizer is not None:
+            self.trainer.optimizer._is_overflow = self.trainer.scaled_optimizer.last_step_skipped
 
 
 class StopOnSignal(TrainerCallback):
@@ -172,6 +230,10 @@ class CheckpointTimer(TrainerCallback):
 
 def build_trainer(model, tokenizer, training_args, block_size, train_set, eval_set):
     """The Trainer with every callback a run gets (and the test hooks, when asked for)."""
+    if not training_args.deepspeed and next(model.parameters()).dtype == torch.float16:
+        # The fp16 mode scales the loss itself (ClmTrainer); the Trainer's --fp16 is torch.amp's, whose autocast
+        # the fp16 weights do not need and whose gradient scaler refuses fp16 gradients.
+        training_args.fp16 = False
     tokens_per_step = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
                        * training_args.world_size * block_size)
     stop = StopOnSignal()
@@ -189,7 +251,8 @@ def build_trainer(model, tokenizer, training_args, block_size, train_set, eval_s
                    ReleaseSharedMemory()],
     )
     trainer.add_callback(CheckpointTimer(trainer))
-    for callback in testhooks.callbacks(lambda: StopOnSignal.received_any):
+    trainer.add_callback(SkippedStepKeepsTheSchedule(trainer))
+    for callback in dtypecheck.callbacks() + testhooks.callbacks(lambda: StopOnSignal.received_any):
         trainer.add_callback(callback)
     return trainer
 

@@ -14,7 +14,8 @@ from clmkit.loading import model_weights_problems
     (True, False, True, False, False, "fp16 needs a CUDA GPU and this machine has none; on CPU use --bf16 or no"),
     (True, False, True, True, True, "--fp16 with --use_cpu: fp16 needs a CUDA GPU; drop --use_cpu"),
     (True, False, False, True, False, None),  # fp16 on any CUDA card
-    (False, True, False, True, False, "--bf16: this GPU has no bf16 support"),
+    (False, True, False, True, False, "--bf16: this GPU has no bf16 (that needs an Ampere or newer card); use the fp16 "
+                                      "mode, --fp16 --optim adamw_torch_8bit"),
     (False, True, False, True, True, None),
     (False, True, False, False, False, "--bf16: this machine has no CUDA GPU; add --use_cpu"),
     (False, True, True, False, False, None),  # bf16 on the CPU
@@ -27,8 +28,8 @@ def test_precision_against_the_machine(fp16, bf16, use_cpu, cuda, bf16_ok, expec
         assert problems == []
     else:
         assert len(problems) == 1 and expected in problems[0], problems
-    if bf16 and not fp16 and cuda and not bf16_ok:
-        assert "use --fp16" in problems[0]
+    if bf16 and not fp16 and cuda and not bf16_ok:  # names the mode for such a card
+        assert "--fp16 --optim adamw_torch_8bit" in problems[0]
 
 
 def test_non_utf8_offset_across_chunks(tmp_path):

@@ -29,14 +29,17 @@ def test_chunked_loss_equals_full_loss():
 
 def test_weights_load_in_the_deepspeed_training_precision():
     """DeepSpeed casts the model to fp16/bf16 and makes its fp32 master copy from that: loading straight into the
-    half precision is the same numbers. Without DeepSpeed the Trainer's autocast needs the checkpoint's fp32."""
+    half precision is the same numbers. Without DeepSpeed the Trainer's autocast needs the checkpoint's fp32, except
+    in the fp16 mode (--fp16 with its 8-bit AdamW), which trains fp16 weights."""
     def args(**kw):
-        return SimpleNamespace(**dict(dict(deepspeed=None, fp16=False, bf16=False), **kw))
+        return SimpleNamespace(**dict(dict(deepspeed=None, fp16=False, bf16=False, optim="adamw_torch"), **kw))
 
     model_args = SimpleNamespace(dtype=None)
     assert training_dtype(model_args, args(deepspeed="ds_config.json", fp16=True)) is torch.float16
     assert training_dtype(model_args, args(deepspeed="ds_config.json", bf16=True)) is torch.bfloat16
     assert training_dtype(model_args, args(deepspeed="ds_config.json")) is None
     assert training_dtype(model_args, args(fp16=True)) is None
+    assert training_dtype(model_args, args(fp16=True, optim="adamw_torch_8bit")) is torch.float16
+    assert training_dtype(model_args, args(bf16=True, optim="adamw_torch_8bit")) is None
     assert training_dtype(SimpleNamespace(dtype="float32"), args(deepspeed="ds_config.json", fp16=True)) \
         is torch.float32
