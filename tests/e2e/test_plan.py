@@ -86,6 +86,32 @@ def test_plan_without_weights(tmp_path, tiny_model, corpus, name, params, fp32_w
     assert not (tmp_path / "out").exists()  # nothing written: no data loaded, no model
 
 
+# A free notebook's T4: 15 GiB of GPU memory, 12.7 GiB of RAM, no bf16.
+T4_NOTEBOOK = {"CLM_ASSUME_GPU_GIB": "15", "CLM_ASSUME_HOST_RAM_GIB": "12.7", "CLM_ASSUME_NO_BF16": "1",
+               "CLM_ASSUME_FREE_DISK_GIB": "100"}
+FP16_MODE = ["--fp16", "--optim", "adamw_torch_8bit", "--chunked_loss", "--do_train", "--block_size", "1024",
+             "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2"]
+
+
+def test_on_a_t4_notebook_the_plan_picks_the_fp16_mode(tmp_path, tiny_model, corpus):
+    """GPT-2 XL on a T4 notebook: the classic command needs far more RAM than 12.7 GiB, the plan says so and names
+    the fp16 mode as the change; the fp16 mode's own plan fits, and its table of modes says which do not."""
+    common = [sys.executable, RUN_CLM, *GPT2_XL, "--tokenizer_name", str(tiny_model), "--train_file",
+              str(corpus / "train.txt"), "--output_dir", str(tmp_path / "out"), "--plan"]
+    code, out, err, _, _ = run_measured(common + ["--fp16", *CLASSIC], T4_NOTEBOOK, tmp_path)
+    assert code == 0, out[-2000:] + err[-3000:]
+    assert "host RAM does not fit" in out
+    assert "change: the fp16 mode: --fp16 --optim adamw_torch_8bit --chunked_loss without --deepspeed" in out
+    code, out, err, _, _ = run_measured(common + FP16_MODE, T4_NOTEBOOK, tmp_path)
+    assert code == 0, out[-2000:] + err[-3000:]
+    assert "fp16 weights, loss scale and stochastic rounding (the fp16 mode), plain PyTorch" in out
+    assert "verdict: fits (GPU fits, host RAM fits, disk fits)" in out
+    modes = out[out.index("modes on this machine"):]
+    assert re.search(r"classic recipe +does not fit: .*host RAM [\d.]+ GiB \(does not fit\)", modes), modes
+    assert re.search(r"fp16 mode +fits", modes), modes
+    assert re.search(r"bf16 mode +cannot run: this GPU has no bf16", modes), modes
+
+
 def only_error(err):
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, err[-3000:]

@@ -1,16 +1,41 @@
 """Faster modes must learn the same thing: the chunked loss and the fused GELU against the defaults, bf16 weights
-with an 8-bit AdamW against fp32 AdamW, and a model built from a config starting from its seed."""
+and fp16 weights with an 8-bit AdamW against fp32 AdamW, and a model built from a config starting from its seed."""
 
 import json
 
+import pytest
 from conftest import logged_losses, python
 
 
-def short_run(tiny_model, corpus, out, *extra, steps=8):
+def short_run(tiny_model, corpus, out, *extra, steps=8, env=None):
     return python("run_clm.py", "--model_name_or_path", tiny_model, "--train_file", corpus / "train.txt",
                   "--do_train", "--output_dir", out, "--block_size", 64, "--per_device_train_batch_size", 4,
                   "--gradient_accumulation_steps", 2, "--max_steps", steps, "--logging_steps", 1,
-                  "--learning_rate", 1e-3, "--seed", 5, "--use_cpu", "--save_strategy", "no", *extra)
+                  "--learning_rate", 1e-3, "--seed", 5, "--use_cpu", "--save_strategy", "no", *extra, env=env)
+
+
+@pytest.fixture(scope="module")
+def fp32_losses(tiny_model, corpus, tmp_path_factory):
+    """The losses of fp32 weights with torch's AdamW over 16 steps: what the 16-bit modes must track."""
+    out = tmp_path_factory.mktemp("fp32")
+    result = short_run(tiny_model, corpus, out, steps=16)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return logged_losses(out)
+
+
+def assert_tracks(losses, reference):
+    """They fall, and their last four average within 2% of the reference's (the bar the parity benchmark holds the
+    final eval loss to)."""
+    assert losses[-1] < losses[0] - 0.25, losses  # nats: well past noise
+    tail = sum(losses[-4:]) / 4, sum(reference[-4:]) / 4
+    assert abs(tail[0] - tail[1]) < 0.02 * tail[1], (losses, reference)
+
+
+def weight_dtypes(out):
+    from safetensors import safe_open
+
+    with safe_open(out / "model.safetensors", "pt") as f:
+        return {f.get_slice(key).get_dtype() for key in f.keys()}
 
 
 def test_chunked_loss_and_fused_gelu_train_like_the_default(tiny_model, corpus, tmp_path):
@@ -30,28 +55,43 @@ def test_chunked_loss_and_fused_gelu_train_like_the_default(tiny_model, corpus, 
         assert json.load(f)["activation_function"] == "gelu_new"
 
 
-def test_bf16_weights_with_8bit_adamw_learn_like_fp32_adamw(tiny_model, corpus, tmp_path):
-    """The no-offload mode: bf16 weights, torchao's 8-bit AdamW with stochastic rounding, chunked loss. Over 16
-    steps its losses track fp32 weights with AdamW within 2% (the bar the parity benchmark holds the final eval
-    loss to), and they fall; the saved weights are bf16."""
+def test_bf16_weights_with_8bit_adamw_learn_like_fp32_adamw(fp32_losses, tiny_model, corpus, tmp_path):
+    """The bf16 mode: bf16 weights, torchao's 8-bit AdamW with stochastic rounding, chunked loss. Over 16 steps its
+    losses track fp32 weights with AdamW; the saved weights are bf16."""
     fast = tmp_path / "fast"
     result = short_run(tiny_model, corpus, fast, "--dtype", "bfloat16", "--bf16", "--optim", "adamw_torch_8bit",
                        "--optim_args", "bf16_stochastic_round=True", "--chunked_loss", steps=16)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     # what it prints says so (the label looked at --bf16 only, as if the weights were fp32 under autocast)
     assert "parameters (gpt2), bf16 weights (bf16 autocast), plain PyTorch" in result.stdout
-    reference = tmp_path / "fp32"
-    result = short_run(tiny_model, corpus, reference, steps=16)
+    assert_tracks(logged_losses(fast), fp32_losses)
+    assert weight_dtypes(fast) == {"BF16"}
+
+
+def test_the_fp16_mode_learns_like_fp32_adamw_and_holds_no_bf16(fp32_losses, tiny_model, corpus, tmp_path):
+    """The fp16 mode (on the CPU, --dtype float16 stands for --fp16, which needs a GPU): fp16 weights, its 8-bit
+    AdamW rounding stochastically under a loss scale. Acting like a card without bf16, it holds no bf16 tensor, its
+    losses track fp32 AdamW, every logged step says the loss scale and the steps skipped for overflow, and the
+    saved fp16 model reloads and generates."""
+    out = tmp_path / "fp16"
+    result = short_run(tiny_model, corpus, out, "--dtype", "float16", "--optim", "adamw_torch_8bit", "--chunked_loss",
+                       steps=16, env={"CLM_ASSUME_NO_BF16": "1"})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    fast_losses, reference_losses = logged_losses(fast), logged_losses(reference)
-    assert fast_losses[-1] < fast_losses[0] - 0.25, fast_losses  # nats: well past noise
-    tail = sum(fast_losses[-4:]) / 4, sum(reference_losses[-4:]) / 4
-    assert abs(tail[0] - tail[1]) < 0.02 * tail[1], (fast_losses, reference_losses)
+    assert "fp16 weights, loss scale and stochastic rounding (the fp16 mode)" in result.stdout
+    assert "optimizer state tensors: no bf16 tensor" in result.stdout
+    assert_tracks(logged_losses(out), fp32_losses)
+    assert weight_dtypes(out) == {"F16"}
+    with open(out / "trainer_state.json") as f:
+        logged = [entry for entry in json.load(f)["log_history"] if "loss" in entry]
+    assert all(entry["loss_scale"] >= 1 and entry["overflow_skipped_steps"] >= 0 for entry in logged)
 
-    from safetensors import safe_open
+    import torch
+    from transformers import AutoModelForCausalLM
 
-    with safe_open(fast / "model.safetensors", "pt") as f:
-        assert all(f.get_slice(key).get_dtype() == "BF16" for key in f.keys())
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.dtype == torch.float16
+    prompt = torch.tensor([[5, 6]])
+    assert model.generate(prompt, max_new_tokens=8, do_sample=False).shape[1] > 2
 
 
 def test_a_model_built_from_a_config_starts_from_the_seed(tiny_model, corpus, tmp_path):
