@@ -59,6 +59,7 @@ def measured(stats, tree_peak_rss, block_size):
         # Both are samples of the same whole-tree peak: run_stats' from inside, the runner's from outside every 0.5 s.
         "peak_host_rss_gib": max(stats.get("peak_host_rss_gib") or 0, tree_peak_rss / GiB),
         "time_to_first_step_s": stats.get("time_to_first_step_s"),
+        "overflow_skipped_steps": stats.get("overflow_skipped_steps"),  # the fp16 mode's loss scale at work
     }
 
 
@@ -132,6 +133,11 @@ def markdown(header, rows, complete):
         lines += ["(incomplete: the benchmark was stopped before every row ran)", ""]
     lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join(["---"] + ["---:"] * (len(COLUMNS) - 1)) + "|"]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in table_cells(row)) + " |" for row in rows]
+    skipped = [f"{row['name']} {row['overflow_skipped_steps']}" for row in rows
+               if row.get("overflow_skipped_steps") is not None]
+    if skipped:
+        lines += ["", "Steps skipped for overflowed gradients (the fp16 mode's loss scale), whole run: "
+                  + ", ".join(skipped)]
     return "\n".join(lines) + "\n"
 
 

@@ -38,6 +38,7 @@ CLASSIC = "classic"
 # ds_config.json with the same flags.
 BF16_8BIT = ("--bf16", "--dtype", "bfloat16", "--optim", "adamw_torch_8bit", "--chunked_loss")
 BF16_8BIT_SR = (*BF16_8BIT, "--optim_args", "bf16_stochastic_round=True")
+FP16_8BIT_SR = ("--fp16", "--optim", "adamw_torch_8bit", "--chunked_loss")  # the fp16 mode always rounds so
 CONFIGS = {
     # name:           Config(DeepSpeed config, run_clm.py flags, env vars, GPU cap)
     CLASSIC:          Config("bench/ds_classic.json", ("--fp16", "--dtype", "float32", "--no_fused_gelu", *batch(8, 2)),
@@ -63,12 +64,19 @@ CONFIGS = {
     "bf16-adam8bit-sr": Config(None, (*BF16_8BIT_SR, *batch(8, 2))),
     "bf16-adam8bit-sr-mb16": Config(None, (*BF16_8BIT_SR, *batch(16, 1))),
     "bf16-adam8bit-sr-compile": Config(None, (*BF16_8BIT_SR, "--torch_compile", *batch(8, 2))),
+    # A card without bf16 (T4, V100, P100), acted out by CLM_ASSUME_NO_BF16 on a 15 GiB cap (a T4's usable memory):
+    # fp16 weights, the fp16 mode's 8-bit AdamW with stochastic rounding and a loss scale, nothing in host RAM;
+    # micro-batch 4 x 4 keeps the classic recipe's 16 sequences a step.
+    "fp16-adam8bit-sr": Config(None, (*FP16_8BIT_SR, *batch(4, 4)), env={"CLM_ASSUME_NO_BF16": "1"},
+                               gpu_memory_gib=15),
     # The same per-GPU micro-batch and accumulation on more GPUs: the global batch grows with them.
     "shipped-2gpu":   Config("ds_config.json", ("--fp16", *batch(8, 2)), gpus=2, scales="shipped"),
     "zero1-2gpu":     Config("ds_config_zero1.json", ("--fp16", *batch(8, 2)), gpus=2, scales="zero1"),
     "shipped-4gpu":   Config("ds_config.json", ("--fp16", *batch(8, 2)), gpus=4, scales="shipped"),
     "bf16-adam8bit-sr-2gpu": Config(None, (*BF16_8BIT_SR, *batch(8, 2)), gpus=2, scales="bf16-adam8bit-sr"),
     "bf16-adam8bit-sr-4gpu": Config(None, (*BF16_8BIT_SR, *batch(8, 2)), gpus=4, scales="bf16-adam8bit-sr"),
+    "fp16-adam8bit-sr-2gpu": Config(None, (*FP16_8BIT_SR, *batch(4, 4)), env={"CLM_ASSUME_NO_BF16": "1"},
+                                    gpu_memory_gib=15, gpus=2, scales="fp16-adam8bit-sr"),
 }
 
 

@@ -39,7 +39,7 @@ class Settings:
     timeout: float = 1800  # seconds a row may run before it is stopped
     n_layer: int = 48  # layers of the GPT-2 XL-shaped model
     tiny: Optional[str] = None  # a small model folder to train instead (tests)
-    use_cpu: bool = False  # run_clm.py --use_cpu; --fp16 becomes --bf16 (tests)
+    use_cpu: bool = False  # run_clm.py --use_cpu; --fp16 becomes --bf16, or --dtype float16 in the fp16 mode (tests)
     stop_at_stats: bool = True  # stop a run once it has written run_stats.json (the final save is not measured)
     extra_flags: tuple = ()  # run_clm.py flags after every row's own
     log_prefix: str = ""
@@ -219,8 +219,11 @@ def row_env(name, settings):
 def row_command(name, settings, prepared, out_dir):
     config = CONFIGS[name]
     flags = list(config.flags)
-    if settings.use_cpu:
-        flags = ["--bf16" if flag == "--fp16" else flag for flag in flags]  # no fp16 on a CPU
+    if settings.use_cpu:  # no --fp16 on a CPU: the fp16 mode's weights by --dtype, else bf16 autocast
+        fp16_mode = not config.ds_config and "adamw_torch_8bit" in flags
+        flags = [flag for flag in flags if not (fp16_mode and flag == "--fp16")] + \
+            (["--dtype", "float16"] if fp16_mode and "--fp16" in flags else [])
+        flags = ["--bf16" if flag == "--fp16" else flag for flag in flags]
     command = [deepspeed_launcher(), f"--num_gpus={config.gpu_count(settings.num_gpus)}",
                f"--master_port={free_port()}", RUN_CLM, *prepared.common_flags, "--output_dir", out_dir]
     if config.ds_config:

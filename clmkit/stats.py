@@ -48,8 +48,11 @@ class RunStatsCallback(TrainerCallback):
             stats["gpu"] = torch.cuda.get_device_name()
         return stats
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def on_train_end(self, args, state, control, optimizer=None, **kwargs):
         stats = self.summary()
+        skipped = getattr(getattr(optimizer, "optimizer", optimizer), "skipped_steps", None)  # the fp16 mode's
+        if skipped is not None:
+            stats["overflow_skipped_steps"] = skipped
         if state.is_world_process_zero:
             with open(self.path, "w", encoding="utf-8") as f:
                 json.dump(stats, f, indent=2)
