@@ -232,8 +232,10 @@ def build_trainer(model, tokenizer, training_args, block_size, train_set, eval_s
     """The Trainer with every callback a run gets (and the test hooks, when asked for)."""
     if not training_args.deepspeed and next(model.parameters()).dtype == torch.float16:
         # The fp16 mode scales the loss itself (ClmTrainer); the Trainer's --fp16 is torch.amp's, whose autocast
-        # the fp16 weights do not need and whose gradient scaler refuses fp16 gradients.
+        # the fp16 weights do not need and whose gradient scaler refuses fp16 gradients. TrainingArguments has
+        # already turned --fp16 into the mixed precision it hands Accelerate: both go.
         training_args.fp16 = False
+        training_args.mixed_precision = "no"
     tokens_per_step = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
                        * training_args.world_size * block_size)
     stop = StopOnSignal()
