@@ -165,10 +165,10 @@ def load_model_for_training(model_args, config, tokenizer, training_args=None):
 
 
 def loads_straight_to_gpu(training_args, dtype) -> bool:
-    """16-bit weights trained without DeepSpeed (which places the model itself) on a GPU are read straight onto it:
-    host RAM never holds the whole model, which a small machine (a free notebook's 12.7 GB) needs."""
+    """The fp16 mode's weights are read straight onto the GPU: host RAM never holds the whole model, which a small
+    machine (a free notebook's 12.7 GB) needs. DeepSpeed places the model itself."""
     return (training_args is not None and not training_args.deepspeed and not training_args.use_cpu
-            and dtype in (torch.float16, torch.bfloat16) and torch.cuda.is_available())
+            and dtype == torch.float16 and torch.cuda.is_available())
 
 
 def _load_straight_to(training_args, dtype):

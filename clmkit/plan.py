@@ -141,8 +141,8 @@ class Setup:
 
     @property
     def loads_to_gpu(self):
-        """Pretrained 16-bit weights without DeepSpeed are read straight onto the GPU (clmkit/loading.py)."""
-        return self.pretrained and not self.deepspeed and self.weights != "fp32" and self.cuda and not self.use_cpu
+        """The fp16 mode's pretrained weights are read straight onto the GPU (clmkit/loading.py)."""
+        return self.pretrained and self.fp16_mode and self.cuda and not self.use_cpu
 
     @property
     def precision_label(self):
