@@ -94,30 +94,44 @@ def test_the_fp16_mode_learns_like_fp32_adamw_and_holds_no_bf16(fp32_losses, tin
     assert model.generate(prompt, max_new_tokens=8, do_sample=False).shape[1] > 2
 
 
-def test_the_fp16_flag_of_the_fp16_mode_leaves_no_torch_amp_behind(tiny_model, tmp_path):
+def test_the_fp16_flag_of_the_fp16_mode_leaves_no_torch_amp_behind(tiny_model, tmp_path, monkeypatch):
     """On a GPU the fp16 mode is chosen with --fp16, which TrainingArguments turns into torch.amp's mixed precision:
     its gradient scaler would refuse the fp16 gradients at the first step ("Attempting to unscale FP16
-    gradients"). The Trainer built for the mode uses none of it and trains with its own loss scale. (In-process:
-    the command line refuses --fp16 on a machine without a GPU.)"""
+    gradients"). The Trainer built for the mode uses none of it and trains with its own loss scale. Started at a
+    scale that overflows, it skips those steps, halving the scale, and they leave the learning rate where it was.
+    (In-process: the command line refuses --fp16 on a machine without a GPU.)"""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from clmkit import fp16_adamw
     from clmkit.args import ClmTrainingArguments
     from clmkit.trainer import build_trainer
+
+    monkeypatch.setattr(fp16_adamw, "INITIAL_SCALE", 2.0**22)  # the gradients overflow fp16 at this scale
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float16)
     ids = torch.randint(0, 400, (16, 32), generator=torch.Generator().manual_seed(0)).tolist()
     data = Dataset.from_dict({"input_ids": ids, "labels": ids})
     args = ClmTrainingArguments(output_dir=str(tmp_path), fp16=True, use_cpu=True, optim="adamw_torch_8bit",
-                                do_train=True, max_steps=3, per_device_train_batch_size=4, report_to="none",
-                                save_strategy="no", logging_steps=1)
+                                do_train=True, max_steps=8, per_device_train_batch_size=4, report_to="none",
+                                save_strategy="no", logging_steps=1, learning_rate=1e-3)
     assert args.mixed_precision == "fp16"
     trainer = build_trainer(model, AutoTokenizer.from_pretrained(tiny_model), args, 32, data, None)
     assert trainer.accelerator.mixed_precision == "no" and trainer.accelerator.scaler is None
+    start = {name: p.detach().clone() for name, p in model.named_parameters()}
     trainer.train()
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
-    assert len(logged) == 3 and all(entry["loss_scale"] == 2.0**16 for entry in logged)
+    skipped = [entry["overflow_skipped_steps"] for entry in logged]
+    assert skipped[-1] >= 1 and skipped == sorted(skipped), logged
+    assert logged[-1]["loss_scale"] == 2.0**22 / 2 ** skipped[-1]
+    # The logged rate is the one a step trains with: unchanged through the skipped steps and the first one taken,
+    # lower at each step after that.
+    rates = [entry["learning_rate"] for entry in logged]
+    first_taken = skipped[-1]
+    assert rates[:first_taken + 1] == [rates[0]] * (first_taken + 1), logged
+    assert all(later < earlier for earlier, later in zip(rates[first_taken:], rates[first_taken + 1:])), logged
+    assert any(not torch.equal(p, start[name]) for name, p in model.named_parameters())
     assert next(model.parameters()).dtype == torch.float16
 
 
