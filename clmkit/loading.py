@@ -82,12 +82,12 @@ def load_config(model_args):
     else:
         raise UsageError(f"--model_type {model_args.model_type}: unknown; use e.g. gpt2, gpt_neo or gptj")
     if model_args.config_overrides:
-        _apply_overrides(config, model_args.config_overrides)
+        config = _apply_overrides(config, model_args.config_overrides)
     return config
 
 
 def _apply_overrides(config, overrides: str):
-    """key=value pairs, each checked on its own so that every bad one is named."""
+    """The config with key=value pairs applied, each checked on its own so that every bad one is named."""
     problems = []
     for pair in overrides.split(","):
         key, _, value = pair.partition("=")
@@ -103,6 +103,13 @@ def _apply_overrides(config, overrides: str):
             problems.append(f"--config_overrides {overrides}: {pair.strip()}: {err}{known}")
     if problems:
         raise UsageError(*problems)
+    # Fields the config derives from others when it is made (Qwen2's layer_types, one per layer) are derived again
+    # from the new values, unless an override set them itself.
+    values = config.to_dict()
+    if "layer_types" in values and "layer_types" not in overrides:
+        del values["layer_types"]
+        return type(config).from_dict(values)
+    return config
 
 
 def hub_options(model_args) -> dict:
