@@ -2,6 +2,7 @@
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -43,3 +44,34 @@ def test_weights_load_in_the_deepspeed_training_precision():
     assert training_dtype(model_args, args(bf16=True, optim="adamw_torch_8bit")) is None
     assert training_dtype(SimpleNamespace(dtype="float32"), args(deepspeed="ds_config.json", fp16=True)) \
         is torch.float32
+
+
+# Tiny configs of the families people fine-tune besides GPT-2: untied output layers (Llama, Qwen2, GPT-NeoX, GPT-J,
+# whose head also has a bias) and a tied one (GPT-Neo).
+FAMILIES = {
+    "llama": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2),
+    "qwen2": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2),
+    "gpt_neox": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4),
+    "gptj": dict(n_embd=64, n_layer=2, n_head=4, rotary_dim=8),
+    "gpt_neo": dict(hidden_size=64, num_layers=2, num_heads=4, attention_types=[[["global", "local"], 1]]),
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_the_chunked_loss_is_each_familys_own_loss(family):
+    """Through the model's own output layer, tied to the embedding or not, with its bias where it has one: the
+    chunked loss equals the model's loss."""
+    from transformers import CONFIG_MAPPING, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = CONFIG_MAPPING[family](vocab_size=500, bos_token_id=0, eos_token_id=0, **FAMILIES[family])
+    model = AutoModelForCausalLM.from_config(config).eval()
+    ids = torch.randint(0, 500, (2, 40))
+    labels = ids.clone()
+    labels[0, :5] = -100  # a masked prompt
+    expected = model(input_ids=ids, labels=labels).loss
+    hidden = model(input_ids=ids, logits_to_keep=1, output_hidden_states=True).hidden_states[-1]
+    total, count = chunked_causal_lm_loss_sum(hidden, labels, model.get_output_embeddings(), chunk_tokens=16)
+    assert torch.allclose(total / count, expected, rtol=1e-5)
