@@ -245,6 +245,25 @@ def test_a_checkpoint_of_the_bf16_modes_engine_resumes_on_another_number_of_proc
     assert_same_weights(out, other[0])
 
 
+# The fp16 mode (--dtype float16 on the CPU): DDP averages fp16 gradients, each process rounds its update with the
+# same random draws (the same seed), so the copies stay one model.
+FP16_MODE = ["--dtype", "float16", "--optim", "adamw_torch_8bit", "--chunked_loss"]
+
+
+def test_the_fp16_mode_on_two_processes_learns_as_on_one(model, corpus, tmp_path):
+    """The same global batch on 2 processes as on 1: fp16 sums the gradients in another order, so the runs are
+    close, not equal: the final eval loss within 1%."""
+    two_out, one_out = tmp_path / "two", tmp_path / "one"
+    log = launch(2, two_out, model, corpus, *TWO, *FP16_MODE, ds_config=None)
+    launch(1, one_out, model, corpus, *ONE, *FP16_MODE, ds_config=None)
+    assert "(the fp16 mode), plain PyTorch (no DeepSpeed)" in log and "2 processes = 8 sequences" in log
+    two, one = history(two_out), history(one_out)
+    assert two["step"] == one["step"] == STEPS
+    losses = list(two["loss"].values())
+    assert losses[-1] < losses[0] - 0.3
+    assert two["eval_loss"][STEPS] == pytest.approx(one["eval_loss"][STEPS], rel=0.01)
+
+
 def test_changed_global_batch_is_announced(two, model, corpus, tmp_path):
     out, log = resume(1, two[0] / f"checkpoint-{SAVE_EVERY}", model, corpus, tmp_path,
                       ["--per_device_train_batch_size", 4, "--max_steps", SAVE_EVERY + 1, "--do_eval", "False",
