@@ -48,6 +48,19 @@ def common_flags(tiny_model, corpus, out):
             "--eval_strategy", "steps", "--eval_steps", 12, "--seed", 1, "--use_cpu"]
 
 
+# Tiny configs of the families people fine-tune besides GPT-2: untied output layers (Llama, Qwen2, GPT-NeoX, GPT-J,
+# whose head also has a bias) and a tied one (GPT-Neo).
+FAMILIES = {
+    "llama": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2),
+    "qwen2": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2),
+    "gpt_neox": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4),
+    "gptj": dict(n_embd=64, n_layer=2, n_head=4, rotary_dim=8),
+    "gpt_neo": dict(hidden_size=64, num_layers=2, num_heads=4, attention_types=[[["global", "local"], 1]]),
+}
+
+
 def logged_losses(out):
     with open(out / "trainer_state.json") as f:
         return [entry["loss"] for entry in json.load(f)["log_history"] if "loss" in entry]

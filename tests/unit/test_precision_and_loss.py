@@ -8,6 +8,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from clmkit.loading import training_dtype
 from clmkit.loss import chunked_causal_lm_loss_sum
+from conftest import FAMILIES
 
 
 def test_chunked_loss_equals_full_loss():
@@ -44,19 +45,6 @@ def test_weights_load_in_the_deepspeed_training_precision():
     assert training_dtype(model_args, args(bf16=True, optim="adamw_torch_8bit")) is None
     assert training_dtype(SimpleNamespace(dtype="float32"), args(deepspeed="ds_config.json", fp16=True)) \
         is torch.float32
-
-
-# Tiny configs of the families people fine-tune besides GPT-2: untied output layers (Llama, Qwen2, GPT-NeoX, GPT-J,
-# whose head also has a bias) and a tied one (GPT-Neo).
-FAMILIES = {
-    "llama": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2),
-    "qwen2": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2),
-    "gpt_neox": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4),
-    "gptj": dict(n_embd=64, n_layer=2, n_head=4, rotary_dim=8),
-    "gpt_neo": dict(hidden_size=64, num_layers=2, num_heads=4, attention_types=[[["global", "local"], 1]]),
-}
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
