@@ -23,9 +23,9 @@ BF16_MODE = Setup(micro_batch=8, accumulation=2, block_size=1024, precision="bf1
                   chunk_tokens=2048, weights="bf16", optim="adamw_torch_8bit")
 
 
-def machine(gpu_gib=16, ram_gib=64, disk_gib=500):
+def machine(gpu_gib=16, ram_gib=64, disk_gib=500, bf16=True):
     return Machine(gpus=[("GPU 0 (assumed)", gpu_gib * GiB)], gpu_note="", ram=ram_gib * GiB, ram_note="",
-                   disk=disk_gib * GiB, disk_path="/", disk_note="")
+                   disk=disk_gib * GiB, disk_path="/", disk_note="", bf16=bf16)
 
 
 def test_the_shape_is_gpt2_xl(xl):
@@ -143,3 +143,35 @@ def test_a_run_the_gpu_cannot_hold_is_stopped_with_a_change_that_fits(xl):
     assert "--per_device_train_batch_size 8 --gradient_accumulation_steps 4" in line
     fitting = dataclasses.replace(BF16_MODE, micro_batch=8, accumulation=4)
     assert stop_problems(Plan(xl, fitting, machine(gpu_gib=16), "out")) == []
+
+
+def test_with_little_host_ram_the_change_is_the_mode_that_keeps_the_optimizer_on_the_card(xl):
+    """The classic recipe on 8 GiB of RAM: the bf16 mode on a card with bf16, the fp16 mode on one without."""
+    assert Plan(xl, CLASSIC, machine(ram_gib=8), "out").change().startswith(
+        "the bf16 mode: --bf16 --dtype bfloat16 --optim adamw_torch_8bit")
+    assert Plan(xl, CLASSIC, machine(ram_gib=8, bf16=False), "out").change().startswith(
+        "the fp16 mode: --fp16 --optim adamw_torch_8bit --chunked_loss without --deepspeed")
+
+
+def test_where_no_change_fits_the_plan_says_the_least_it_needs(xl):
+    """An 8 GiB card holds no mode's states on the card, and 8 GiB of RAM no offloaded optimizer: the least RAM any
+    change needs, and the change."""
+    change = Plan(xl, CLASSIC, machine(gpu_gib=8, ram_gib=8), "out").change()
+    assert change.startswith("no single change fits this machine: it needs at least"), change
+    assert '"pin_memory": false' in change
+
+
+def test_the_table_of_modes_on_a_t4_notebook(xl):
+    """15 GiB, no bf16, 12.7 GiB of RAM: the classic recipe needs too much RAM, the fp16 mode fits at 4 x 4, the bf16
+    mode cannot run."""
+    fp16_mode = Setup(micro_batch=4, accumulation=4, block_size=1024, precision="fp16", chunk_tokens=2048,
+                      weights="fp16", optim="adamw_torch_8bit")
+    t4 = Machine(gpus=[("GPU 0 (assumed)", 15 * GiB)], gpu_note="", ram=int(12.7 * GiB), ram_note="",
+                 disk=500 * GiB, disk_path="/", disk_note="", bf16=False)
+    plan = Plan(xl, fp16_mode, t4, "out")
+    assert plan.verdict == "fits"
+    verdicts = {name: verdict for name, _, verdict in plan.modes()}
+    assert verdicts["classic recipe"].startswith("does not fit") and "(does not fit)" in \
+        verdicts["classic recipe"].split("host RAM")[1]
+    assert verdicts["fp16 mode"].startswith("fits")
+    assert verdicts["bf16 mode"] == "cannot run: this GPU has no bf16"
