@@ -250,18 +250,17 @@ def test_a_checkpoint_of_the_bf16_modes_engine_resumes_on_another_number_of_proc
 FP16_MODE = ["--dtype", "float16", "--optim", "adamw_torch_8bit", "--chunked_loss"]
 
 
-def test_the_fp16_mode_on_two_processes_learns_as_on_one(model, corpus, tmp_path):
-    """The same global batch on 2 processes as on 1: fp16 sums the gradients in another order, so the runs are
-    close, not equal: the final eval loss within 1%."""
-    two_out, one_out = tmp_path / "two", tmp_path / "one"
-    log = launch(2, two_out, model, corpus, *TWO, *FP16_MODE, ds_config=None)
-    launch(1, one_out, model, corpus, *ONE, *FP16_MODE, ds_config=None)
+def test_the_fp16_mode_on_two_processes_learns_as_fp32_weights_do(one_8bit, model, corpus, tmp_path):
+    """The fp16 mode on 2 processes against fp32 weights with the same 8-bit AdamW on 1, the same global batch: the
+    final eval loss within 0.2% (measured: 5.6521 against 5.6519)."""
+    out = tmp_path / "two"
+    log = launch(2, out, model, corpus, *TWO, *FP16_MODE, ds_config=None)
     assert "(the fp16 mode), plain PyTorch (no DeepSpeed)" in log and "2 processes = 8 sequences" in log
-    two, one = history(two_out), history(one_out)
-    assert two["step"] == one["step"] == STEPS
+    two, reference = history(out), history(one_8bit[0])
+    assert two["step"] == reference["step"] == STEPS
     losses = list(two["loss"].values())
     assert losses[-1] < losses[0] - 0.3
-    assert two["eval_loss"][STEPS] == pytest.approx(one["eval_loss"][STEPS], rel=0.01)
+    assert two["eval_loss"][STEPS] == pytest.approx(reference["eval_loss"][STEPS], rel=0.002)
 
 
 def test_changed_global_batch_is_announced(two, model, corpus, tmp_path):
