@@ -125,12 +125,6 @@ def hub_options(model_args) -> dict:
 FP16_MODE_OPTIM = "adamw_torch_8bit"
 
 
-def fp16_mode(model_args, training_args) -> bool:
-    """fp16 weights trained without DeepSpeed: --fp16 (or --dtype float16) with --optim adamw_torch_8bit."""
-    return (training_args is not None and not training_args.deepspeed
-            and training_dtype(model_args, training_args) == torch.float16)
-
-
 def training_dtype(model_args, training_args):
     """The dtype to load weights in: --dtype when given; else, under DeepSpeed with --fp16/--bf16, that half
     precision. DeepSpeed casts the model to it anyway and builds its fp32 master weights from the cast copy, so

@@ -10,9 +10,9 @@ import sys
 import time
 
 import torch
+import torch._inductor.config
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-import torch._inductor.config
 from accelerate.utils import DistributedDataParallelKwargs
 from torchao.optim import AdamW8bit
 from transformers import Trainer, TrainerCallback, default_data_collator
@@ -28,6 +28,11 @@ from .plotting import LossPlotCallback
 from .stats import RunStatsCallback
 
 
+def fp16_mode(model, training_args) -> bool:
+    """fp16 weights trained without DeepSpeed (which keeps an fp32 copy): the fp16 mode, whatever chose it."""
+    return not training_args.deepspeed and next(model.parameters()).dtype == torch.float16
+
+
 class ClmTrainer(Trainer):
     """The Trainer, plus the chunked loss, a timer around checkpoint writes, and a train_loss that counts the steps
     before a resume."""
@@ -40,7 +45,7 @@ class ClmTrainer(Trainer):
 
     def get_optimizer_cls_and_kwargs(self, args, model=None):
         optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
-        if model is not None and not args.deepspeed and next(model.parameters()).dtype == torch.float16:
+        if model is not None and fp16_mode(model, args):
             return Fp16AdamW8bit, dict(kwargs, max_grad_norm=args.max_grad_norm)
         return optimizer_cls, kwargs
 
@@ -230,7 +235,7 @@ class CheckpointTimer(TrainerCallback):
 
 def build_trainer(model, tokenizer, training_args, block_size, train_set, eval_set):
     """The Trainer with every callback a run gets (and the test hooks, when asked for)."""
-    if not training_args.deepspeed and next(model.parameters()).dtype == torch.float16:
+    if fp16_mode(model, training_args):
         # The fp16 mode scales the loss itself (ClmTrainer); the Trainer's --fp16 is torch.amp's, whose autocast
         # the fp16 weights do not need and whose gradient scaler refuses fp16 gradients. TrainingArguments has
         # already turned --fp16 into the mixed precision it hands Accelerate: both go.
