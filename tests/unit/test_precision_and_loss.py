@@ -63,3 +63,18 @@ def test_the_chunked_loss_is_each_familys_own_loss(family):
     hidden = model(input_ids=ids, logits_to_keep=1, output_hidden_states=True).hidden_states[-1]
     total, count = chunked_causal_lm_loss_sum(hidden, labels, model.get_output_embeddings(), chunk_tokens=16)
     assert torch.allclose(total / count, expected, rtol=1e-5)
+
+
+def test_weights_read_onto_a_device_arrive_there_in_the_training_dtype(tiny_model):
+    """The fp16 mode reads pretrained weights straight onto its GPU through the loader's device map; here the
+    device is the CPU, the one this machine has: the same call, the weights in fp16 where they were sent."""
+    from transformers import AutoConfig
+
+    from clmkit.loading import _build_for_training
+
+    model_args = SimpleNamespace(model_name_or_path=str(tiny_model), cache_dir=None, model_revision="main",
+                                 token=None, trust_remote_code=False)
+    config = AutoConfig.from_pretrained(tiny_model)
+    model = _build_for_training(model_args, config, torch.float16, torch.device("cpu"))
+    assert {p.dtype for p in model.parameters()} == {torch.float16}
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
