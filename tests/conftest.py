@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from safetensors.torch import load_file
 
 from clmkit.machine import free_port
 
@@ -141,3 +142,60 @@ def tiny_model(corpus, tmp_path_factory):
     make_offline_model(["--text", str(corpus / "train.txt"), "--out", str(out), "--vocab_size", "500",
                         "--model", TINY_CONFIG])
     return out
+
+
+# ---------------------------------------------------------------- runs killed and rerun (test_resume*.py)
+
+
+STEPS, SAVE_EVERY = 18, 6
+
+
+# The fp16 mode on the CPU: fp16 weights, its 8-bit AdamW with stochastic rounding, the loss scale.
+FP16_MODE_FLAGS = ["--dtype", "float16", "--optim", "adamw_torch_8bit"]
+
+
+def resume_command(tiny_model, corpus, out, use_deepspeed, fp16_mode=False):
+    flags = ["--model_name_or_path", tiny_model, "--train_file", corpus / "train.txt", "--do_train",
+             "--output_dir", out, "--block_size", 64, "--per_device_train_batch_size", 4,
+             "--max_steps", STEPS, "--save_steps", SAVE_EVERY, "--logging_steps", 1, "--learning_rate", 1e-3,
+             "--seed", 3, "--use_cpu", "--report_to", "none",
+             "--save_total_limit", 1]  # pruning must never remove the only complete checkpoint
+    script = [os.path.join(REPO, "run_clm.py"), *map(str, flags), *(FP16_MODE_FLAGS if fp16_mode else [])]
+    if use_deepspeed:  # full precision: DeepSpeed's CPU Adam on fp32 master weights
+        return [DEEPSPEED, "--num_gpus=1", f"--master_port={free_port()}", *script,
+                "--deepspeed", os.path.join(REPO, "ds_config.json")]
+    return [sys.executable, *script]
+
+
+def start_run(cmd, env=None):
+    return subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, **(env or {})), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def run_to_end(cmd, env=None):
+    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, **(env or {})), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def run_until_paused(cmd, hook):
+    """Start the run with the test hook; return the process once it says it has paused there."""
+    proc = start_run(cmd, {"CLM_TEST_PAUSE": hook})
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "test hook: paused" in line:  # progress bars share the line
+            proc.seen = "".join(seen)
+            return proc
+    proc.wait()
+    pytest.fail(f"the run ended (exit {proc.returncode}) before the hook {hook}:\n" + "".join(seen[-40:]))
+
+
+def final_state(out):
+    with open(out / "trainer_state.json") as f:
+        state = json.load(f)
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    with open(out / "train_results.json") as f:
+        train_loss = json.load(f)["train_loss"]
+    return state["global_step"], losses, train_loss, load_file(out / "model.safetensors")

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from clmkit.machine import free_port
-from conftest import DEEPSPEED, REPO, python, run
+from conftest import DEEPSPEED, REPO, python, run, run_until_paused
 
 # Measured between the layouts (ZeRO-2, fp32, 12 steps), also after a resume on the other count: train loss within
 # 5e-7, grad norm 1.2e-7, eval loss equal, final weights 1.1e-7; against 1 process x 8 sequences (no accumulation)
@@ -449,7 +449,6 @@ def test_a_killed_run_leaves_no_shared_memory_behind(model, corpus, tmp_path):
     """DeepSpeed's CPU all-reduce maps a 66 MB file in /dev/shm for each process and never removes it: a day of test
     runs left 300 of them, 20 GB of a 24 GB machine's RAM. The names go once training starts (the mappings live on
     until the processes end), so even a run killed in the middle leaves none."""
-    from test_resume import run_until_paused
 
     import psutil
 
