@@ -220,10 +220,8 @@ def row_command(name, settings, prepared, out_dir):
     config = CONFIGS[name]
     flags = list(config.flags)
     if settings.use_cpu:  # no --fp16 on a CPU: the fp16 mode's weights by --dtype, else bf16 autocast
-        fp16_mode = not config.ds_config and "adamw_torch_8bit" in flags
-        flags = [flag for flag in flags if not (fp16_mode and flag == "--fp16")] + \
-            (["--dtype", "float16"] if fp16_mode and "--fp16" in flags else [])
-        flags = ["--bf16" if flag == "--fp16" else flag for flag in flags]
+        on_cpu = ["--dtype", "float16"] if not config.ds_config and "adamw_torch_8bit" in flags else ["--bf16"]
+        flags = [part for flag in flags for part in (on_cpu if flag == "--fp16" else [flag])]
     command = [deepspeed_launcher(), f"--num_gpus={config.gpu_count(settings.num_gpus)}",
                f"--master_port={free_port()}", RUN_CLM, *prepared.common_flags, "--output_dir", out_dir]
     if config.ds_config:

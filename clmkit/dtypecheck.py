@@ -2,12 +2,10 @@
 outputs on the first training steps, and at the end every weight, gradient and optimizer state tensor (the 8-bit
 states' codes, scales and maps too). A bf16 tensor would fail on a real T4, V100 or P100."""
 
-import os
-
 import torch
 from transformers import TrainerCallback
 
-from .machine import NO_BF16_OVERRIDE, first_process
+from .machine import NO_BF16_OVERRIDE, assuming_no_bf16, first_process
 
 STEPS_WATCHED = 2
 
@@ -66,4 +64,4 @@ class NoBf16Check(TrainerCallback):
 
 
 def callbacks():
-    return [NoBf16Check()] if os.environ.get(NO_BF16_OVERRIDE, "0") not in ("", "0") else []
+    return [NoBf16Check()] if assuming_no_bf16() else []

@@ -157,10 +157,15 @@ def gpu_here() -> bool:
     return torch.cuda.is_available() or env_gib(GPU_OVERRIDE) is not None
 
 
+def assuming_no_bf16() -> bool:
+    """CLM_ASSUME_NO_BF16 is set: act like a GPU without bf16."""
+    return os.environ.get(NO_BF16_OVERRIDE, "0") not in ("", "0")
+
+
 def bf16_on_gpu(assumed_gpu=False) -> bool:
     """The GPU does bf16 (Ampere or newer), unless CLM_ASSUME_NO_BF16 says to act like one that does not.
     assumed_gpu: a GPU planned for by CLM_ASSUME_GPU_GIB, taken to do bf16."""
-    if os.environ.get(NO_BF16_OVERRIDE, "0") not in ("", "0"):
+    if assuming_no_bf16():
         return False
     return assumed_gpu or (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
