@@ -387,11 +387,16 @@ def estimate(shape: ModelShape, setup: Setup) -> Needs:
         copies = 2 * n if setup.half and weight_bytes == 4 else 0
         gpu_states = (2 * weight_bytes + optimizer_state) * n + copies
         if setup.fp16_mode and setup.optim in OPTIMIZER_STATE_BYTES:
-            # m and v in fp32 where torchao does not quantize (GPT-2's embedding: 50257 rows do not split into
-            # blocks); the LOW_BIT_WORKING_BYTES fit already holds them at the bf16 mode's 4 bytes
-            gpu_states += 4 * unquantized_elements(shape)
+            # m and v in fp32 (8 bytes, not 2) where torchao does not quantize (GPT-2's embedding: 50257 rows do
+            # not split into blocks)
+            gpu_states += 6 * unquantized_elements(shape)
         # On several GPUs DDP's buckets are the gradients themselves (trainer.py), so they add nothing here.
-        buffers = int(LOW_BIT_WORKING_BYTES * n) if setup.optim in OPTIMIZER_STATE_BYTES else 0
+        if setup.fp16_mode and setup.optim in OPTIMIZER_STATE_BYTES:
+            # its step runs one parameter at a time; the largest transient is the norm pass's fp32 copy of the
+            # largest gradient (clmkit/fp16_adamw.py)
+            buffers = 4 * shape.largest_param
+        else:
+            buffers = int(LOW_BIT_WORKING_BYTES * n) if setup.optim in OPTIMIZER_STATE_BYTES else 0
     kept, transient, loss, layer = activation_bytes(shape, setup, act_bytes)
 
     worker = WORKER_BASELINE + (CUDA_BASELINE if setup.cuda and not setup.use_cpu else 0)
