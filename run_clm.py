@@ -30,7 +30,7 @@ from clmkit.cpucomm import prepare_deepspeed_on_cpu, release_shared_memory  # no
 from clmkit.data import load_raw_texts, make_sequences, split_sequences, tokenize_texts  # noqa: E402
 from clmkit.errors import UsageError, raise_if_any, run_cli  # noqa: E402
 from clmkit.loading import load_model_for_training  # noqa: E402
-from clmkit.machine import apply_gpu_memory_cap, first_process, settle_cpu_threads  # noqa: E402
+from clmkit.machine import TreeMemorySampler, apply_gpu_memory_cap, first_process, settle_cpu_threads  # noqa: E402
 from clmkit.plan import make_plan  # noqa: E402
 from clmkit.plan_report import report, startup_summary, stop_problems  # noqa: E402
 from clmkit.trainer import build_trainer, describe, save_final_model, stop_signal  # noqa: E402
@@ -50,11 +50,12 @@ def main(argv=None):
     if training_args.do_train and already_finished(training_args):  # a rerun of a finished command
         leave_process_group(training_args)
         return
+    host_memory = TreeMemorySampler()  # run_stats.json's host RAM peak, loading included
     train_set, eval_set, notes = load_data(data_args, model_args, training_args, tokenizer, block_size)
     show(startup_summary(plan, training_args, len(train_set) if training_args.do_train else None,
                          len(eval_set) if eval_set is not None else 0, notes))
     model = load_model(model_args, config, tokenizer, training_args)
-    trainer = build_trainer(model, tokenizer, training_args, block_size, train_set, eval_set)
+    trainer = build_trainer(model, tokenizer, training_args, block_size, train_set, eval_set, host_memory)
     if training_args.do_train:
         train(trainer, training_args, train_set)
     if training_args.do_eval:

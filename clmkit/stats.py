@@ -15,14 +15,14 @@ from .machine import GiB, TreeMemorySampler, run_root
 
 
 class RunStatsCallback(TrainerCallback):
-    def __init__(self, output_dir, tokens_per_step, warmup_steps=3):
+    def __init__(self, output_dir, tokens_per_step, host_memory=None, warmup_steps=3):
         self.path = os.path.join(output_dir, "run_stats.json")
         self.tokens_per_step = tokens_per_step
         self.warmup_steps = warmup_steps  # the first steps' times (compiling, allocating) are left out
         self.launched = run_root().create_time()  # when the user's command started
         self.first_step_at = None
         self.step_ends = []
-        self.host = TreeMemorySampler()
+        self.host = host_memory or TreeMemorySampler()  # peak from launch to the end of training
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self.first_step_at is None:

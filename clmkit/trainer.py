@@ -233,8 +233,9 @@ class CheckpointTimer(TrainerCallback):
             print(f"checkpoint-{state.global_step} written in {time.time() - started:.1f} s", flush=True)
 
 
-def build_trainer(model, tokenizer, training_args, block_size, train_set, eval_set):
-    """The Trainer with every callback a run gets (and the test hooks, when asked for)."""
+def build_trainer(model, tokenizer, training_args, block_size, train_set, eval_set, host_memory=None):
+    """The Trainer with every callback a run gets (and the test hooks, when asked for). host_memory: the sampler
+    started when the command did, so that run_stats.json's host peak covers loading the data and the model."""
     if fp16_mode(model, training_args):
         # The fp16 mode scales the loss itself (ClmTrainer); the Trainer's --fp16 is torch.amp's, whose autocast
         # the fp16 weights do not need and whose gradient scaler refuses fp16 gradients. TrainingArguments has
@@ -252,7 +253,7 @@ def build_trainer(model, tokenizer, training_args, block_size, train_set, eval_s
         processing_class=tokenizer,
         data_collator=default_data_collator,
         callbacks=[LossPlotCallback(training_args.output_dir), stop,
-                   RunStatsCallback(training_args.output_dir, tokens_per_step),
+                   RunStatsCallback(training_args.output_dir, tokens_per_step, host_memory),
                    RunShape(training_args.world_size, training_args.per_device_train_batch_size,
                             training_args.gradient_accumulation_steps), RunFlags(training_args), LossSoFar(),
                    ReleaseSharedMemory()],
