@@ -150,6 +150,13 @@ class ClmTrainingArguments(TrainingArguments):
         metadata={"help": "Compute the loss over the vocabulary in chunks so the full fp32 logits never exist: "
                           "saves several GB at micro-batch 8 on GPT-2 XL, room for a larger micro-batch."},
     )
+    padded_lm_head: bool = field(
+        default=True,
+        metadata={"help": "With --chunked_loss, multiply by the LM head padded with zero rows to a multiple of 128 "
+                          "(GPT-2: 50,257 -> 50,304), whose logits a GPU's fast matrix kernels can write; the padded "
+                          "logits are dropped before the loss, so the loss is the same, and the saved model keeps "
+                          "its vocabulary. --no_padded_lm_head multiplies by the head as it is."},
+    )
     plan: bool = field(
         default=False,
         metadata={"help": "Check the flags, print the memory plan (GPU, host RAM and disk needed against what this "

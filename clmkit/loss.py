@@ -3,6 +3,11 @@
 GPT-2 XL at micro-batch 8 x 1024 tokens makes 8 x 1024 x 50257 logits: 0.8 GB in fp16, 1.6 GB again as the
 fp32 copy the loss needs, and as much for its gradient. Chunked, with each chunk's logits recomputed in the
 backward pass, only one chunk's worth exists at a time, and the freed memory buys a larger micro-batch.
+
+The head's rows are padded with zeros to a multiple of VOCAB_MULTIPLE for the matmuls: with 50,257 rows, the
+logits' rows are not 16-byte aligned, and a GPU falls back from its fast kernels to old ones (the LM head took
+27% of a 12-layer step's GPU time on an H100, docs/profile-step.md). The padded logits are sliced off before
+the loss, which is unchanged.
 """
 
 import torch
@@ -10,22 +15,35 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 CHUNK_TOKENS = 2048
+VOCAB_MULTIPLE = 128
 
 
-def _chunk_loss_sum(hidden, labels, output_embeddings):
+def _logits(hidden, head, multiple):
     # In the backward's recompute the autocast state may differ from the forward's (CPU autocast is not always
     # restored there): match the weight's dtype explicitly, so fp32 hidden states meet bf16 weights either way.
-    logits = output_embeddings(hidden.to(output_embeddings.weight.dtype)).float()
+    hidden = hidden.to(head.weight.dtype)
+    vocab = head.weight.shape[0]
+    extra = -vocab % multiple if isinstance(head, torch.nn.Linear) else 0
+    if not extra:
+        return head(hidden)
+    bias = None if head.bias is None else F.pad(head.bias, (0, extra))
+    return F.linear(hidden, F.pad(head.weight, (0, 0, 0, extra)), bias)[:, :vocab]
+
+
+def _chunk_loss_sum(hidden, labels, head, multiple):
+    logits = _logits(hidden, head, multiple).float()
     return F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
 
 
-def chunked_causal_lm_loss_sum(hidden_states, labels, output_embeddings, chunk_tokens=CHUNK_TOKENS):
-    """(sum of next-token losses, number of predicted tokens) for final hidden states [batch, seq, hidden]."""
+def chunked_causal_lm_loss_sum(hidden_states, labels, output_embeddings, chunk_tokens=CHUNK_TOKENS,
+                               vocab_multiple=VOCAB_MULTIPLE):
+    """(sum of next-token losses, number of predicted tokens) for final hidden states [batch, seq, hidden].
+    vocab_multiple=1: the head as it is."""
     hidden = hidden_states[:, :-1].reshape(-1, hidden_states.shape[-1])
     targets = labels[:, 1:].reshape(-1).to(hidden.device)
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, hidden.shape[0], chunk_tokens):
         stop = start + chunk_tokens
         total = total + checkpoint(_chunk_loss_sum, hidden[start:stop], targets[start:stop], output_embeddings,
-                                   use_reentrant=False)
+                                   vocab_multiple, use_reentrant=False)
     return total, (targets != -100).sum()

@@ -23,7 +23,9 @@ from . import dtypecheck, testhooks
 from .checkpoints import RunFlags, RunShape, saved_record
 from .cpucomm import ReleaseSharedMemory
 from .fp16_adamw import Fp16AdamW8bit, ScaleGradient
-from .loss import chunked_causal_lm_loss_sum
+from .loading import compile_blocks
+from .loss import VOCAB_MULTIPLE, chunked_causal_lm_loss_sum
+from .machine import first_process
 from .plotting import LossPlotCallback
 from .stats import RunStatsCallback
 
@@ -53,9 +55,10 @@ class ClmTrainer(Trainer):
         optimizer = super().create_optimizer(model)
         if isinstance(optimizer, Fp16AdamW8bit):
             self.scaled_optimizer = optimizer
-        if isinstance(optimizer, AdamW8bit) and not self.args.torch_compile:
-            # torchao compiles its step, a few kernels; Inductor's default pool of compile workers, one process per
-            # core with torch imported in each, would take gigabytes of host RAM a small machine does not have.
+        if isinstance(optimizer, AdamW8bit):
+            # torchao compiles its step, a few kernels (and --torch_compile one block); Inductor's default pool of
+            # compile workers, one process per core with torch imported in each, would take gigabytes of host RAM a
+            # small machine does not have.
             torch._inductor.config.compile_threads = 1
         return optimizer
 
@@ -135,7 +138,9 @@ class ClmTrainer(Trainer):
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
                         logits_to_keep=1, output_hidden_states=True)
         head = self.accelerator.unwrap_model(model).get_output_embeddings()
-        loss_sum, count = chunked_causal_lm_loss_sum(outputs.hidden_states[-1], inputs["labels"], head)
+        multiple = VOCAB_MULTIPLE if getattr(self.args, "padded_lm_head", True) else 1
+        loss_sum, count = chunked_causal_lm_loss_sum(outputs.hidden_states[-1], inputs["labels"], head,
+                                                     vocab_multiple=multiple)
         if num_items_in_batch is None or not self.model_accepts_loss_kwargs:
             return loss_sum / count.clamp(min=1)
         # As the model's own loss does: normalise by the tokens of the whole accumulated batch, across ranks.
@@ -242,6 +247,15 @@ def build_trainer(model, tokenizer, training_args, block_size, train_set, eval_s
         # already turned --fp16 into the mixed precision it hands Accelerate: both go.
         training_args.fp16 = False
         training_args.mixed_precision = "no"
+    if training_args.torch_compile and not training_args.deepspeed:
+        # Each repeated block compiled, not the whole model, which the Trainer would do (and which measured slower
+        # than not compiling at all on GPT-2 XL): the blocks are nearly all the work.
+        count, kind = compile_blocks(model, training_args.torch_compile_backend, training_args.torch_compile_mode)
+        if count and first_process():
+            print(f"--torch_compile: {count} {kind} blocks compiled (one graph, reused); the rest of the model "
+                  "runs as it is", flush=True)
+        training_args.torch_compile = False
+        training_args.torch_compile_backend = training_args.torch_compile_mode = None
     tokens_per_step = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
                        * training_args.world_size * block_size)
     stop = StopOnSignal()

@@ -11,7 +11,8 @@ from clmkit.loss import chunked_causal_lm_loss_sum
 from conftest import FAMILIES
 
 
-def test_chunked_loss_equals_full_loss():
+@pytest.mark.parametrize("vocab_multiple", [128, 1], ids=["head-padded-to-128-rows", "head-as-it-is"])
+def test_chunked_loss_equals_full_loss(vocab_multiple):
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=97, n_positions=64)).eval()
     ids = torch.randint(0, 97, (3, 40))
@@ -22,7 +23,8 @@ def test_chunked_loss_equals_full_loss():
     full_grad = model.transformer.wte.weight.grad.clone()
     model.zero_grad()
     hidden = model(input_ids=ids, logits_to_keep=1, output_hidden_states=True).hidden_states[-1]
-    total, count = chunked_causal_lm_loss_sum(hidden, labels, model.get_output_embeddings(), chunk_tokens=16)
+    total, count = chunked_causal_lm_loss_sum(hidden, labels, model.get_output_embeddings(), chunk_tokens=16,
+                                              vocab_multiple=vocab_multiple)
     (total / count).backward()
     assert count == 3 * 39 - 10
     assert torch.allclose(total / count, full.loss, rtol=1e-5)
