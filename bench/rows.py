@@ -63,7 +63,10 @@ CONFIGS = {
     "bf16-adam8bit":  Config(None, (*BF16_8BIT, *batch(8, 2))),
     "bf16-adam8bit-sr": Config(None, (*BF16_8BIT_SR, *batch(8, 2))),
     "bf16-adam8bit-sr-mb16": Config(None, (*BF16_8BIT_SR, *batch(16, 1))),
+    # --torch_compile compiles each transformer block (one graph, reused), not the whole model.
     "bf16-adam8bit-sr-compile": Config(None, (*BF16_8BIT_SR, "--torch_compile", *batch(8, 2))),
+    # The LM head as it is (50,257 rows) instead of padded to 50,304 for the chunked loss's matmuls.
+    "bf16-adam8bit-sr-unpadded": Config(None, (*BF16_8BIT_SR, "--no_padded_lm_head", *batch(8, 2))),
     # A card without bf16 (T4, V100, P100), acted out by CLM_ASSUME_NO_BF16 on a 15 GiB cap (a T4's usable memory):
     # fp16 weights, the fp16 mode's 8-bit AdamW with stochastic rounding and a loss scale, nothing in host RAM;
     # micro-batch 4 x 4 keeps the classic recipe's 16 sequences a step.
