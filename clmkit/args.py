@@ -157,6 +157,13 @@ class ClmTrainingArguments(TrainingArguments):
                           "logits are dropped before the loss, so the loss is the same, and the saved model keeps "
                           "its vocabulary. --no_padded_lm_head multiplies by the head as it is."},
     )
+    optimizer_in_backward: bool = field(
+        default=False,
+        metadata={"help": "Step each weight in the backward pass as soon as its gradient is complete, and free the "
+                          "gradient there: the full set of gradients (2 bytes a parameter in bf16) never exists, room "
+                          "for a larger model. One GPU, no --deepspeed, no --fp16; needs "
+                          "--gradient_accumulation_steps 1 and --max_grad_norm 0 (no clipping)."},
+    )
     plan: bool = field(
         default=False,
         metadata={"help": "Check the flags, print the memory plan (GPU, host RAM and disk needed against what this "

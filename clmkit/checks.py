@@ -24,6 +24,7 @@ from .checkpoints import is_complete
 
 from .data import BUILDERS, PAIRS, builder_for, choose_block_size, file_kind
 from .errors import UsageError
+from .in_backward import in_backward_problems
 from .loading import FP16_MODE_OPTIM, hub_options, load_config, load_tokenizer, model_weights_problems
 from .machine import GPU_OVERRIDE, bf16_on_gpu, hub_offline, nearest_existing, read_deepspeed_config
 
@@ -81,6 +82,7 @@ def flag_problems(model_args, data_args, training_args):
                         "another checkpoint-<step> folder, or drop the flag to resume from the newest one")
     problems += number_problems({**vars(data_args), **vars(training_args)})
     problems += dtype_problems(model_args, training_args)
+    problems += in_backward_problems(training_args)
     train, validation = data_args.train_file, data_args.validation_file
     texts = [path for path in (train, validation) if path and builder_for(path) == "text"]
     if texts and not data_args.keep_linebreaks:

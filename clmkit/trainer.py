@@ -23,6 +23,7 @@ from . import dtypecheck, testhooks
 from .checkpoints import RunFlags, RunShape, saved_record
 from .cpucomm import ReleaseSharedMemory
 from .fp16_adamw import Fp16AdamW8bit, ScaleGradient
+from .in_backward import OptimizerInBackward
 from .loading import compile_blocks
 from .loss import VOCAB_MULTIPLE, chunked_causal_lm_loss_sum
 from .machine import first_process
@@ -49,13 +50,15 @@ class ClmTrainer(Trainer):
         optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
         if model is not None and fp16_mode(model, args):
             return Fp16AdamW8bit, dict(kwargs, max_grad_norm=args.max_grad_norm)
+        if getattr(args, "optimizer_in_backward", False):
+            return OptimizerInBackward, dict(kwargs, inner_cls=optimizer_cls)
         return optimizer_cls, kwargs
 
     def create_optimizer(self, model=None):
         optimizer = super().create_optimizer(model)
         if isinstance(optimizer, Fp16AdamW8bit):
             self.scaled_optimizer = optimizer
-        if isinstance(optimizer, AdamW8bit):
+        if issubclass(getattr(optimizer, "inner_cls", type(optimizer)), AdamW8bit):
             # torchao compiles its step, a few kernels (and --torch_compile one block); Inductor's default pool of
             # compile workers, one process per core with torch imported in each, would take gigabytes of host RAM a
             # small machine does not have.

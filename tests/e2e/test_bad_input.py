@@ -180,6 +180,10 @@ CASES = [
       ("--resume_from_checkpoint", "{w}/no_checkpoint", "not a complete checkpoint")], {"HF_HUB_OFFLINE": "1"},
      [pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None, reason="tensorboard is installed")]),
     ("train-without-train-file", ["--train_file", ""], [("--do_train needs --train_file",)], {}, []),
+    # stepping in the backward cannot accumulate or clip: both named, with the flag that fixes each
+    ("optimizer-in-backward-limits", ["--optimizer_in_backward", "--gradient_accumulation_steps", "2"],
+     [("--optimizer_in_backward", "--gradient_accumulation_steps 2", "use --gradient_accumulation_steps 1"),
+      ("--optimizer_in_backward", "--max_grad_norm 1", "add --max_grad_norm 0")], {}, []),
     # torchao is in requirements.txt (the bf16 mode's 8-bit AdamW); bitsandbytes is not, so CI sees the message
     ("optimizer-package-missing", ["--optim", "adamw_bnb_8bit"],
      [("--optim adamw_bnb_8bit", "needs the bitsandbytes package")], {},
