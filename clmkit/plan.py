@@ -134,6 +134,7 @@ class Setup:
     weights: str = "fp32"  # what a weight is loaded in on the CPU, fp32 unless --dtype or the checkpoint says
     optim: str = "adamw_torch"  # --optim: without DeepSpeed, what Adam's state costs on the GPU
     pretrained: bool = False  # weights read from --model_name_or_path (not built from a config)
+    in_backward: bool = False  # --optimizer_in_backward: each gradient freed as soon as its weight steps
 
     @property
     def fp16_mode(self):
@@ -227,6 +228,7 @@ def setup_from_args(training_args, block_size, ds_config=None, model_args=None, 
         weights=_load_dtype(model_args, config, training_args),
         optim=str(getattr(training_args.optim, "value", training_args.optim)),
         pretrained=bool(getattr(model_args, "model_name_or_path", None)),
+        in_backward=bool(getattr(training_args, "optimizer_in_backward", False)) and not deepspeed,
     )
 
 
@@ -385,7 +387,10 @@ def estimate(shape: ModelShape, setup: Setup) -> Needs:
         # AdamW); under autocast of fp32 weights a 16-bit copy of every weight, cached in the forward pass and kept
         # for the backward
         copies = 2 * n if setup.half and weight_bytes == 4 else 0
-        gpu_states = (2 * weight_bytes + optimizer_state) * n + copies
+        # Stepped in the backward, a gradient lives until its weight steps: a tied embedding's for the whole
+        # backward (its uses add up first), and the module's being differentiated.
+        gradients = (shape.largest_param + shape.largest_layer) if setup.in_backward else n
+        gpu_states = (weight_bytes + optimizer_state) * n + weight_bytes * gradients + copies
         if setup.fp16_mode and setup.optim in OPTIMIZER_STATE_BYTES:
             # m and v in fp32 (8 bytes, not 2) where torchao does not quantize (GPT-2's embedding: 50257 rows do
             # not split into blocks)
@@ -489,15 +494,19 @@ class Plan:
         out = [("drop --no_gradient_checkpointing", dataclasses.replace(s, checkpointing=True))] \
             if not s.checkpointing else []
         out.append(("", s))
+        if not s.deepspeed and s.load_bytes == 2 and not s.in_backward and s.ranks * s.nodes == 1:
+            out.append(("--optimizer_in_backward --gradient_accumulation_steps 1 --max_grad_norm 0 (each weight "
+                        "steps in the backward pass: no full set of gradients on the GPU)",
+                        dataclasses.replace(s, in_backward=True, accumulation=1)))
         if not s.offload_optimizer and s.stage < 3:
             out.append(("--deepspeed ds_config.json (ZeRO-2 with the optimizer in CPU RAM)",
                         dataclasses.replace(s, deepspeed="ds_config.json", stage=2, offload_optimizer=True,
-                                            pin_memory=True, reduce_bucket=0, overlap_comm=True)))
+                                            pin_memory=True, reduce_bucket=0, overlap_comm=True, in_backward=False)))
         if s.stage < 3:
             out.append(("--deepspeed ds_config_zero3.json (ZeRO-3: parameters and optimizer in CPU RAM)",
                         dataclasses.replace(s, deepspeed="ds_config_zero3.json", stage=3, offload_optimizer=True,
                                             offload_param=True, pin_memory=True, reduce_bucket=0, overlap_comm=True,
-                                            prefetch_bucket=0, persistence_threshold=0)))
+                                            prefetch_bucket=0, persistence_threshold=0, in_backward=False)))
         if s.deepspeed and s.offload_optimizer and s.pin_memory and s.stage < 3 and not s.use_cpu:
             out.append((f'"pin_memory": false under "offload_optimizer" in {s.deepspeed} (no pinned buffers, which '
                         "PyTorch rounds up to powers of two)", dataclasses.replace(s, pin_memory=False)))
@@ -513,6 +522,9 @@ class Plan:
         """[(name, flags, verdict)] of each way the tool trains, at this run's batch, on this machine's GPU."""
         rows = []
         for name, flags, setup in mode_setups(self.setup):
+            if setup.in_backward and setup.ranks * setup.nodes > 1:
+                rows.append((name, flags, "cannot run: one GPU only"))
+                continue
             if setup.precision == "bf16" and not self.machine.bf16:
                 rows.append((name, flags, "cannot run: this GPU has no bf16"))
                 continue
@@ -581,7 +593,7 @@ class Plan:
 def mode_setups(s: Setup):
     """The tool's ways to train, each at the batch of `s`: (name, the flags that choose it, its Setup)."""
     plain = dict(deepspeed="", stage=0, offload_optimizer=False, offload_param=False, pin_memory=False,
-                 overlap_comm=False, optim="adamw_torch_8bit", chunk_tokens=CHUNK_TOKENS)
+                 overlap_comm=False, optim="adamw_torch_8bit", chunk_tokens=CHUNK_TOKENS, in_backward=False)
     precision = s.precision if s.half else "fp16"
     return [
         ("classic recipe", f"--deepspeed ds_config.json --{precision}",
@@ -593,6 +605,9 @@ def mode_setups(s: Setup):
         ("bf16 mode", "--bf16 --dtype bfloat16 --optim adamw_torch_8bit --optim_args bf16_stochastic_round=True "
                       "--chunked_loss",
          dataclasses.replace(s, precision="bf16", weights="bf16", **plain)),
+        ("bf16, in backward", "the bf16 mode's flags and --optimizer_in_backward --gradient_accumulation_steps 1 "
+                              "--max_grad_norm 0",
+         dataclasses.replace(s, precision="bf16", weights="bf16", accumulation=1, **dict(plain, in_backward=True))),
     ]
 
 

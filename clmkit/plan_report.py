@@ -135,7 +135,7 @@ def report(plan) -> str:
               f"{m.disk_note}"]
     if not s.use_cpu and m.gpus:
         lines.append("modes on this machine, at this batch")
-        lines += [f"  {name:<16}{verdict}   ({flags})" for name, flags, verdict in plan.modes()]
+        lines += [f"  {name:<18}{verdict}   ({flags})" for name, flags, verdict in plan.modes()]
     checks = ", ".join(f"{key} {value}" for key, value in plan.status.items())
     change = plan.change()
     lines.append(f"verdict: {plan.verdict} ({checks})" + (f"\n  change: {change}" if change else ""))
@@ -146,6 +146,8 @@ def states_text(s):
     if not s.deepspeed:
         weights = "fp32" if s.load_bytes == 4 else "16-bit"
         adam = "8-bit " if "8bit" in s.optim else "4-bit " if "4bit" in s.optim else ""
+        if s.in_backward:
+            return f"{weights} weights, {adam}Adam state, gradients of one layer at a time (stepped in the backward)"
         return (f"{weights} weights and gradients, {adam}Adam state"
                 + (", 16-bit weight copies" if s.half and s.load_bytes == 4 else ""))
     where = "16-bit weights" if s.half else "fp32 weights"

@@ -175,6 +175,7 @@ def test_the_table_of_modes_on_a_t4_notebook(xl):
         verdicts["classic recipe"].split("host RAM")[1]
     assert verdicts["fp16 mode"].startswith("fits")
     assert verdicts["bf16 mode"] == "cannot run: this GPU has no bf16"
+    assert verdicts["bf16, in backward"] == "cannot run: this GPU has no bf16"
 
 
 @pytest.mark.parametrize("layers, measured_gib", [(12, 4.535), (48, 11.195)])
@@ -186,3 +187,21 @@ def test_the_fp16_mode_against_its_gpu_peak(layers, measured_gib):
     fp16_mode = Setup(micro_batch=4, accumulation=4, block_size=1024, precision="fp16", chunk_tokens=2048,
                       weights="fp16", optim="adamw_torch_8bit", pretrained=True)
     assert estimate(shape, fp16_mode).gpu / GiB == pytest.approx(measured_gib, rel=0.05)
+
+
+def test_stepping_in_the_backward_frees_the_gradients_from_the_plan(xl):
+    """--optimizer_in_backward: the GPU holds no full set of gradients (2 bytes a parameter in bf16, 2.9 GiB for
+    GPT-2 XL), only the largest ones alive at once; host RAM and activations are unchanged."""
+    stepped = dataclasses.replace(BF16_MODE, in_backward=True, accumulation=1)
+    usual, early = estimate(xl, dataclasses.replace(BF16_MODE, accumulation=1)), estimate(xl, stepped)
+    freed = (usual.gpu_states - early.gpu_states) / GiB
+    assert 2.5 < freed < 2.9
+    assert (early.host, early.activations) == (usual.host, usual.activations)
+
+
+def test_the_table_of_modes_of_a_run_stepped_in_the_backward_counts_each_mode_as_it_is(xl):
+    """The rows are the other modes as they run, not this run's --optimizer_in_backward applied to each."""
+    stepped = dataclasses.replace(BF16_MODE, in_backward=True, accumulation=1)
+    gpu = {name: float(verdict.split("GPU ")[1].split(" GiB")[0]) for name, _, verdict in
+           Plan(xl, stepped, machine(), "out").modes()}
+    assert gpu["bf16 mode"] - gpu["bf16, in backward"] > 2.5
