@@ -29,7 +29,7 @@ from clmkit.checkpoints import (delete_replaced_runs, finished_at, prepare_resum
 from clmkit.cpucomm import prepare_deepspeed_on_cpu, release_shared_memory  # noqa: E402
 from clmkit.data import load_raw_texts, make_sequences, split_sequences, tokenize_texts  # noqa: E402
 from clmkit.errors import UsageError, raise_if_any, run_cli  # noqa: E402
-from clmkit.loading import load_model_for_training  # noqa: E402
+from clmkit.loading import load_model_for_training, speed_switches  # noqa: E402
 from clmkit.machine import TreeMemorySampler, apply_gpu_memory_cap, first_process, settle_cpu_threads  # noqa: E402
 from clmkit.plan import make_plan  # noqa: E402
 from clmkit.plan_report import report, startup_summary, stop_problems  # noqa: E402
@@ -53,7 +53,8 @@ def main(argv=None):
     host_memory = TreeMemorySampler()  # run_stats.json's host RAM peak, loading included
     train_set, eval_set, notes = load_data(data_args, model_args, training_args, tokenizer, block_size)
     show(startup_summary(plan, training_args, len(train_set) if training_args.do_train else None,
-                         len(eval_set) if eval_set is not None else 0, notes))
+                         len(eval_set) if eval_set is not None else 0, notes,
+                         speed_switches(config, model_args, training_args)))
     model = load_model(model_args, config, tokenizer, training_args)
     trainer = build_trainer(model, tokenizer, training_args, block_size, train_set, eval_set, host_memory)
     if training_args.do_train:

@@ -6,6 +6,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CONFIG_MAPPING
 
 from .errors import UsageError
+from .loss import VOCAB_MULTIPLE
 from .machine import hub_offline
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -163,6 +164,31 @@ def load_model_for_training(model_args, config, tokenizer, training_args=None):
     if getattr(model, "loss_type", None) is None:
         model.loss_type = "ForCausalLM"  # the loss of every causal LM; unset, Transformers warns and picks it itself
     return model
+
+
+def speed_switches(config, model_args, training_args) -> str:
+    """One line: which of the tool's speed-ups this run gets, and why a skipped one is skipped."""
+    activation = getattr(config, "activation_function", None) or getattr(config, "hidden_act", None)
+    if activation != "gelu_new":
+        gelu = f"one-kernel GELU not applicable (the model's activation is {activation})"
+    else:
+        gelu = "one-kernel GELU " + ("on" if getattr(model_args, "fused_gelu", True) else "off (--no_fused_gelu)")
+    vocab = getattr(config, "vocab_size", 0) or 0
+    if not getattr(training_args, "chunked_loss", False):
+        head = "LM head padding not used (it comes with --chunked_loss)"
+    elif not getattr(training_args, "padded_lm_head", True):
+        head = "LM head padding off (--no_padded_lm_head)"
+    elif vocab % VOCAB_MULTIPLE == 0:
+        head = f"LM head padding not needed ({vocab:,} rows, a multiple of {VOCAB_MULTIPLE})"
+    else:
+        head = f"LM head padded {vocab:,} -> {vocab + -vocab % VOCAB_MULTIPLE:,} rows"
+    if not training_args.torch_compile:
+        compiled = "blocks not compiled (--torch_compile compiles them)"
+    elif training_args.deepspeed:
+        compiled = "--torch_compile: the Trainer's whole-model compile (under DeepSpeed)"
+    else:
+        compiled = "--torch_compile: each repeated block"
+    return f"{gelu}; {head}; {compiled}"
 
 
 def compile_blocks(model, backend=None, mode=None) -> int:

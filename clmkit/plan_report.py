@@ -54,9 +54,10 @@ def stop_problems(plan):
     return problems
 
 
-def startup_summary(plan, training_args, n_train_sequences, n_eval_sequences, notes=()):
+def startup_summary(plan, training_args, n_train_sequences, n_eval_sequences, notes=(), speedups=""):
     """The lines every run prints once its data is read, before the model loads. n_train_sequences is None for a
-    run that only evaluates; notes: more lines on the data (prompt/completion files)."""
+    run that only evaluates; notes: more lines on the data (prompt/completion files); speedups: which of the speed
+    switches apply to this model."""
     n, m, s = plan.needs, plan.machine, plan.setup
     out = training_args.output_dir
     engine = f"{params(plan.shape.n_params)} parameters ({plan.shape.model_type}), {s.precision_label}, {s.engine}"
@@ -69,6 +70,7 @@ def startup_summary(plan, training_args, n_train_sequences, n_eval_sequences, no
     change = plan.change()
     return "\n".join([
         f"model:       {engine}, gradient checkpointing {'on' if s.checkpointing else 'off'}",
+        *([f"speed-ups:   {speedups}"] if speedups else []),
         f"batch:       {s.batch}",
         f"data:        {n_train_sequences:,} training sequences of {s.block_size} tokens = {steps:,} steps per epoch"
         f"{evaluation}",

@@ -28,3 +28,19 @@ def test_compiled_blocks_train_like_the_eager_model_and_save_under_the_same_name
         assert name == other
         assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6), name
     assert list(compiled.state_dict()) == list(eager.state_dict())
+
+
+def test_the_start_up_line_says_which_speed_ups_a_model_gets_and_why_not():
+    from types import SimpleNamespace
+
+    from transformers import LlamaConfig
+
+    from clmkit.loading import speed_switches
+
+    flags = SimpleNamespace(chunked_loss=True, padded_lm_head=True, torch_compile=True, deepspeed=None)
+    gpt2 = speed_switches(GPT2Config(), SimpleNamespace(fused_gelu=True), flags)
+    assert gpt2 == "one-kernel GELU on; LM head padded 50,257 -> 50,304 rows; --torch_compile: each repeated block"
+    llama = speed_switches(LlamaConfig(vocab_size=128256), SimpleNamespace(fused_gelu=True),
+                           SimpleNamespace(**{**vars(flags), "torch_compile": False}))
+    assert llama == ("one-kernel GELU not applicable (the model's activation is silu); LM head padding not needed "
+                     "(128,256 rows, a multiple of 128); blocks not compiled (--torch_compile compiles them)")
