@@ -19,18 +19,17 @@ class OptimizerInBackward(torch.optim.Optimizer):
     def __init__(self, params, inner_cls, **inner_kwargs):
         super().__init__(params, defaults={"lr": inner_kwargs.get("lr", 1e-3)})
         self.inner_cls = inner_cls
-        self.inner = []  # (parameter, its optimizer, the group it belongs to)
+        self.inner = {}  # parameter -> (its optimizer, the group it belongs to), in the groups' order
         for group in self.param_groups:
             kwargs = dict(inner_kwargs, lr=group["lr"])
             if "weight_decay" in group:
                 kwargs["weight_decay"] = group["weight_decay"]
             for p in group["params"]:
-                self.inner.append((p, inner_cls([p], **kwargs), group))
-        self._by_param = {p: (optimizer, group) for p, optimizer, group in self.inner}
-        self._hooks = [p.register_post_accumulate_grad_hook(self._step_one) for p, _, _ in self.inner]
+                self.inner[p] = (inner_cls([p], **kwargs), group)
+        self._hooks = [p.register_post_accumulate_grad_hook(self._step_one) for p in self.inner]
 
     def _step_one(self, p):
-        optimizer, group = self._by_param[p]
+        optimizer, group = self.inner[p]
         inner = optimizer.param_groups[0]  # the schedule sets the learning rate of this one's groups
         if isinstance(inner["lr"], torch.Tensor):  # torchao keeps it as a tensor, for its compiled step
             inner["lr"].fill_(group["lr"])
@@ -48,14 +47,14 @@ class OptimizerInBackward(torch.optim.Optimizer):
         """Every gradient was freed as soon as its parameter stepped."""
 
     def state_dict(self):
-        return {"in_backward": [optimizer.state_dict() for _, optimizer, _ in self.inner],
+        return {"in_backward": [optimizer.state_dict() for optimizer, _ in self.inner.values()],
                 "lr": [group["lr"] for group in self.param_groups]}
 
     def load_state_dict(self, state_dict):
         saved = state_dict["in_backward"]
         if len(saved) != len(self.inner):
             raise ValueError(f"the checkpoint's optimizer holds {len(saved)} parameters, this model {len(self.inner)}")
-        for (_, optimizer, _), state in zip(self.inner, saved):
+        for (optimizer, _), state in zip(self.inner.values(), saved):
             optimizer.load_state_dict(state)
         for group, lr in zip(self.param_groups, state_dict["lr"]):
             group["lr"] = lr
