@@ -6,7 +6,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CONFIG_MAPPING
 
 from .errors import UsageError
-from .loss import VOCAB_MULTIPLE
+from .loss import VOCAB_MULTIPLE, padding_rows
 from .machine import hub_offline
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -149,7 +149,7 @@ def load_model_for_training(model_args, config, tokenizer, training_args=None):
     # PyTorch's one-kernel tanh GELU instead of "gelu_new", the same formula written as seven elementwise
     # operations: 18% of a GPT-2 XL-wide forward and backward in bf16 on an H100 (bench/profile_step.py). The
     # saved config keeps saying "gelu_new", so the saved model is unchanged for other tools.
-    fused_gelu = getattr(model_args, "fused_gelu", True) and getattr(config, "activation_function", None) == "gelu_new"
+    fused_gelu = getattr(model_args, "fused_gelu", True) and _has_gelu_new(config)
     if fused_gelu:
         config.activation_function = "gelu_pytorch_tanh"
     model = _build_for_training(model_args, config, dtype, _load_straight_to(training_args, dtype))
@@ -166,10 +166,15 @@ def load_model_for_training(model_args, config, tokenizer, training_args=None):
     return model
 
 
+def _has_gelu_new(config):
+    """The config names GPT-2's seven-operation GELU (GPT-2, GPT-Neo, GPT-J), which the fused one replaces."""
+    return getattr(config, "activation_function", None) == "gelu_new"
+
+
 def speed_switches(config, model_args, training_args) -> str:
     """One line: which of the tool's speed-ups this run gets, and why a skipped one is skipped."""
-    activation = getattr(config, "activation_function", None) or getattr(config, "hidden_act", None)
-    if activation != "gelu_new":
+    if not _has_gelu_new(config):
+        activation = getattr(config, "activation_function", None) or getattr(config, "hidden_act", None)
         gelu = f"one-kernel GELU not applicable (the model's activation is {activation})"
     else:
         gelu = "one-kernel GELU " + ("on" if getattr(model_args, "fused_gelu", True) else "off (--no_fused_gelu)")
@@ -178,10 +183,10 @@ def speed_switches(config, model_args, training_args) -> str:
         head = "LM head padding not used (it comes with --chunked_loss)"
     elif not getattr(training_args, "padded_lm_head", True):
         head = "LM head padding off (--no_padded_lm_head)"
-    elif vocab % VOCAB_MULTIPLE == 0:
+    elif padding_rows(vocab) == 0:
         head = f"LM head padding not needed ({vocab:,} rows, a multiple of {VOCAB_MULTIPLE})"
     else:
-        head = f"LM head padded {vocab:,} -> {vocab + -vocab % VOCAB_MULTIPLE:,} rows"
+        head = f"LM head padded {vocab:,} -> {vocab + padding_rows(vocab):,} rows"
     if not training_args.torch_compile:
         compiled = "blocks not compiled (--torch_compile compiles them)"
     elif training_args.deepspeed:

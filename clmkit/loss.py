@@ -18,12 +18,17 @@ CHUNK_TOKENS = 2048
 VOCAB_MULTIPLE = 128
 
 
+def padding_rows(vocab, multiple=VOCAB_MULTIPLE):
+    """Zero rows that bring an LM head of `vocab` rows to a multiple of `multiple`."""
+    return -vocab % multiple
+
+
 def _logits(hidden, head, multiple):
     # In the backward's recompute the autocast state may differ from the forward's (CPU autocast is not always
     # restored there): match the weight's dtype explicitly, so fp32 hidden states meet bf16 weights either way.
     hidden = hidden.to(head.weight.dtype)
     vocab = head.weight.shape[0]
-    extra = -vocab % multiple if isinstance(head, torch.nn.Linear) else 0
+    extra = padding_rows(vocab, multiple) if isinstance(head, torch.nn.Linear) else 0
     if not extra:
         return head(hidden)
     bias = None if head.bias is None else F.pad(head.bias, (0, extra))
