@@ -391,14 +391,12 @@ def estimate(shape: ModelShape, setup: Setup) -> Needs:
         # backward (its uses add up first), and the module's being differentiated.
         gradients = (shape.largest_param + shape.largest_layer) if setup.in_backward else n
         gpu_states = (weight_bytes + optimizer_state) * n + weight_bytes * gradients + copies
-        if setup.fp16_mode and setup.optim in OPTIMIZER_STATE_BYTES:
-            # m and v in fp32 (8 bytes, not 2) where torchao does not quantize (GPT-2's embedding: 50257 rows do
-            # not split into blocks)
-            gpu_states += 6 * unquantized_elements(shape)
         # On several GPUs DDP's buckets are the gradients themselves (trainer.py), so they add nothing here.
         if setup.fp16_mode and setup.optim in OPTIMIZER_STATE_BYTES:
-            # its step runs one parameter at a time; the largest transient is the norm pass's fp32 copy of the
-            # largest gradient (clmkit/fp16_adamw.py)
+            # m and v in fp32 (8 bytes, not 2) where torchao does not quantize (GPT-2's embedding: 50257 rows do
+            # not split into blocks); the step runs one parameter at a time, and its largest transient is the norm
+            # pass's fp32 copy of the largest gradient (clmkit/fp16_adamw.py)
+            gpu_states += 6 * unquantized_elements(shape)
             buffers = 4 * shape.largest_param
         else:
             buffers = int(LOW_BIT_WORKING_BYTES * n) if setup.optim in OPTIMIZER_STATE_BYTES else 0
@@ -514,7 +512,8 @@ class Plan:
             out.append((f'no "offload_optimizer" in {s.deepspeed} (the optimizer state on the GPU)',
                         dataclasses.replace(s, offload_optimizer=False, pin_memory=False)))
         if s.deepspeed and not s.use_cpu:  # the mode for 16-bit weights this GPU does, without DeepSpeed
-            name, flags, setup = mode_setups(s)[2 if self.machine.bf16 else 1]
+            name = "bf16 mode" if self.machine.bf16 else "fp16 mode"
+            flags, setup = {mode: (flags, setup) for mode, flags, setup in mode_setups(s)}[name]
             out.append((f"the {name}: {flags} without --deepspeed", setup))
         return out
 
