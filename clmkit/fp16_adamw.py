@@ -13,6 +13,7 @@ torchao's 8-bit AdamW holds the state (8-bit m and v, on the card); its own step
 and cannot divide out a loss scale in fp32, so the step is written here.
 """
 
+import functools
 import math
 
 import torch
@@ -55,13 +56,16 @@ def _adamw_step_fp16(p, grad, step, exp_avg, exp_avg_sq, lr, beta1, beta2, weigh
     p.copy_(round_to_fp16_stochastic(weight))
 
 
+@functools.cache
+def _compiled_update():
+    return torch.compile(_adamw_step_fp16, fullgraph=True, dynamic=False)
+
+
 def _update_for(p):
     """On a GPU, the update compiled into one kernel per parameter shape (as torchao compiles its own): eager, its
     fp32 temporaries would take several times the largest weight's size. On the CPU (tests, --use_cpu) it runs as
     written: compiling each shape there costs more than it saves."""
-    if p.device.type == "cpu":
-        return _adamw_step_fp16
-    return torch.compile(_adamw_step_fp16, fullgraph=True, dynamic=False)
+    return _adamw_step_fp16 if p.device.type == "cpu" else _compiled_update()
 
 
 class Fp16AdamW8bit(AdamW8bit):
