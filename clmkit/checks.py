@@ -25,7 +25,8 @@ from .checkpoints import is_complete
 from .data import BUILDERS, PAIRS, builder_for, choose_block_size, file_kind
 from .errors import UsageError
 from .in_backward import in_backward_problems
-from .loading import FP16_MODE_OPTIM, hub_options, load_config, load_tokenizer, model_weights_problems
+from .loading import (FP16_MODE_OPTIM, hub_options, load_config, load_tokenizer, model_weights_problems,
+                      optim_name)
 from .machine import GPU_OVERRIDE, bf16_on_gpu, hub_offline, nearest_existing, read_deepspeed_config
 
 
@@ -73,7 +74,7 @@ def flag_problems(model_args, data_args, training_args):
     if data_args.train_file and not data_args.validation_file and not 0 <= pct < 100:
         problems.append(f"--validation_split_percentage {pct}: must be 0 to 99 (the share of --train_file held out "
                         "for evaluation); or give --validation_file")
-    problems += optimizer_package_problems(str(getattr(training_args.optim, "value", training_args.optim)))
+    problems += optimizer_package_problems(optim_name(training_args))
     problems += reporting_problems(training_args.report_to)
     problems += hub_problems(training_args)
     path = training_args.resume_from_checkpoint
@@ -145,7 +146,7 @@ def dtype_problems(model_args, training_args):
     clash = {("float16", True, False): "--bf16", ("bfloat16", False, True): "--fp16"}.get(
         (dtype, bool(training_args.bf16), bool(training_args.fp16)))
     if clash is None:
-        optim = str(getattr(training_args.optim, "value", training_args.optim))
+        optim = optim_name(training_args)
         if dtype == "float16" and training_args.do_train and not training_args.deepspeed and optim != FP16_MODE_OPTIM:
             return [f"--dtype float16 with --optim {optim}: fp16 weights trained with no fp32 copy lose every "
                     f"update smaller than fp16's step; use the fp16 mode (--fp16 --optim {FP16_MODE_OPTIM}, which "

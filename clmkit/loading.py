@@ -126,6 +126,11 @@ def hub_options(model_args) -> dict:
 FP16_MODE_OPTIM = "adamw_torch_8bit"
 
 
+def optim_name(training_args) -> str:
+    """--optim as written (TrainingArguments turns it into an enum)."""
+    return str(getattr(training_args.optim, "value", training_args.optim))
+
+
 def training_dtype(model_args, training_args):
     """The dtype to load weights in: --dtype when given; else, under DeepSpeed with --fp16/--bf16, that half
     precision. DeepSpeed casts the model to it anyway and builds its fp32 master weights from the cast copy, so
@@ -138,7 +143,7 @@ def training_dtype(model_args, training_args):
         return None
     if training_args.deepspeed:
         return torch.float16 if training_args.fp16 else torch.bfloat16
-    if training_args.fp16 and str(getattr(training_args.optim, "value", training_args.optim)) == FP16_MODE_OPTIM:
+    if training_args.fp16 and optim_name(training_args) == FP16_MODE_OPTIM:
         return torch.float16
     return None
 

@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM
 
 from .data import context_length
 from .errors import UsageError
-from .loading import training_dtype
+from .loading import optim_name, training_dtype
 from .loss import CHUNK_TOKENS
 from .machine import GiB, Machine, gib, gpu_here, local_ranks, probe_machine
 
@@ -226,7 +226,7 @@ def setup_from_args(training_args, block_size, ds_config=None, model_args=None, 
         launcher=launcher,
         checkpoints=save_strategy != "no" and not training_args.save_only_model,
         weights=_load_dtype(model_args, config, training_args),
-        optim=str(getattr(training_args.optim, "value", training_args.optim)),
+        optim=optim_name(training_args),
         pretrained=bool(getattr(model_args, "model_name_or_path", None)),
         in_backward=bool(getattr(training_args, "optimizer_in_backward", False)) and not deepspeed,
     )
