@@ -244,6 +244,9 @@ def run_row(name, settings, prepared):
             history = json.load(f)["log_history"]
     except (OSError, ValueError, KeyError):
         pass
+    profile = os.path.join(out_dir, "profile.md")  # CLM_PROFILE's, when the benchmark was given it
+    if os.path.isfile(profile):
+        shutil.copyfile(profile, os.path.join(settings.log_dir, f"{settings.log_prefix}{name}-profile.md"))
     shutil.rmtree(out_dir, ignore_errors=True)
     return Run(name=name, command=tuple(command), log_path=log_path, log_history=history, **outcome)
 

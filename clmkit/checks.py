@@ -20,6 +20,7 @@ import torch
 from transformers.integrations import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
 from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig, set_hf_deepspeed_config
 
+from . import profiling
 from .checkpoints import is_complete
 
 from .data import BUILDERS, PAIRS, builder_for, choose_block_size, file_kind
@@ -84,6 +85,10 @@ def flag_problems(model_args, data_args, training_args):
     problems += number_problems({**vars(data_args), **vars(training_args)})
     problems += dtype_problems(model_args, training_args)
     problems += in_backward_problems(training_args)
+    try:
+        profiling.asked_steps()
+    except ValueError as err:
+        problems.append(str(err))
     train, validation = data_args.train_file, data_args.validation_file
     texts = [path for path in (train, validation) if path and builder_for(path) == "text"]
     if texts and not data_args.keep_linebreaks:

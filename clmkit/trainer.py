@@ -19,7 +19,7 @@ from transformers import Trainer, TrainerCallback, default_data_collator
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_pt_utils import nested_gather
 
-from . import dtypecheck, testhooks
+from . import dtypecheck, profiling, testhooks
 from .checkpoints import RunFlags, RunShape, saved_record
 from .cpucomm import ReleaseSharedMemory
 from .fp16_adamw import Fp16AdamW8bit, ScaleGradient
@@ -277,7 +277,8 @@ def build_trainer(model, tokenizer, training_args, block_size, train_set, eval_s
     )
     trainer.add_callback(CheckpointTimer(trainer))
     trainer.add_callback(SkippedStepKeepsTheSchedule(trainer))
-    for callback in dtypecheck.callbacks() + testhooks.callbacks(lambda: StopOnSignal.received_any):
+    hooks = dtypecheck.callbacks() + profiling.callbacks() + testhooks.callbacks(lambda: StopOnSignal.received_any)
+    for callback in hooks:
         trainer.add_callback(callback)
     return trainer
 

@@ -41,12 +41,15 @@ def weight_dtypes(out):
 def test_chunked_loss_and_fused_gelu_train_like_the_default(tiny_model, corpus, tmp_path):
     """Same seed, accumulation 2: the chunked loss, and GPT-2's seven-operation GELU against the one-kernel one
     run_clm.py builds by default, give the same logged losses to float rounding; the saved config still says
-    gelu_new."""
+    gelu_new. The chunked run is also profiled over steps 3-4 (CLM_PROFILE), which must not change its losses."""
     runs = {}
     for name, extra in (("default", []), ("chunked", ["--chunked_loss"]), ("gelu_new", ["--no_fused_gelu"])):
-        result = short_run(tiny_model, corpus, tmp_path / name, *extra)
+        env = {"CLM_PROFILE": "3-4"} if name == "chunked" else None
+        result = short_run(tiny_model, corpus, tmp_path / name, *extra, env=env)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
         runs[name] = logged_losses(tmp_path / name)
+    profile = (tmp_path / "chunked" / "profile.md").read_text()
+    assert profile.startswith("# Profile of optimizer steps 3-4") and "ms a step" in profile, profile
     assert len(runs["default"]) == 8
     for other in ("chunked", "gelu_new"):
         for a, b in zip(runs["default"], runs[other]):
