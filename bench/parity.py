@@ -36,7 +36,26 @@ def parse(argv):
     parser.add_argument("--tiny", metavar="MODEL_DIR", default=None, help="for tests: this small model instead")
     parser.add_argument("--use_cpu", action="store_true", help="for tests: train on the CPU")
     parser.add_argument("--block_size", type=int, default=1024, help="tokens per sequence (default 1024)")
+    parser.add_argument("--classic_from", metavar="JSON", default=None,
+                        help="take the classic row from an earlier parity .json of the same model, steps, seed, "
+                             "block and cap (its title must match) instead of running it again")
     return parser.parse_args(argv)
+
+
+def stored_classic(path, first_title_line):
+    """The classic row of an earlier parity run with the same settings, or a problem naming what differs."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            earlier = json.load(f)
+        title, row = earlier["title"], next(r for r in earlier["rows"] if r["name"] == "classic")
+    except (OSError, ValueError, KeyError, StopIteration) as err:
+        return None, [f"--classic_from {path}: not a parity .json with a classic row ({err})"]
+    if title.splitlines()[0] != first_title_line:
+        return None, [f"--classic_from {path}: its run was '{title.splitlines()[0]}', this one is "
+                      f"'{first_title_line}'; run the classic row again (drop --classic_from)"]
+    if row.get("status") != "ok":
+        return None, [f"--classic_from {path}: its classic row did not finish ({row.get('status')})"]
+    return dict(row, name="classic", note=f"from {os.path.basename(path)}, {earlier.get('when', '')}"), []
 
 
 def settings_of(args):
@@ -55,21 +74,26 @@ def settings_of(args):
 def main(argv=None):
     args = parse(argv)
     names, problems = selected_rows(args.configs)
-    raise_if_any(problems)
     settings = settings_of(args)
-    prepared = runner.prepare(settings, names)
+    model = f"tiny model {settings.tiny}" if settings.tiny else f"XL-wide GPT-2, {args.n_layer} layers, random init"
+    first_line = (f"{model}, block {args.block_size}, {args.steps} steps, seed {args.seed}, "
+                  f"cap {args.gpu_memory_gib:g} GiB")
     rows = []
+    if args.classic_from:
+        classic, more = stored_classic(args.classic_from, first_line)
+        problems += more
+        rows, names = [classic], names[1:]
+    raise_if_any(problems)
+    prepared = runner.prepare(settings, names)
     for name in names:
         print(f"parity: {name}: {args.steps} steps, eval every {args.eval_steps}", flush=True)
         rows.append(report.parity_row(runner.run_row(name, settings, prepared)))
         print(f"parity: {name}: {rows[-1]['status']}", flush=True)
-    model = f"tiny model {settings.tiny}" if settings.tiny else f"XL-wide GPT-2, {args.n_layer} layers, random init"
-    title = (f"{model}, block {args.block_size}, {args.steps} steps, seed {args.seed}, "
-             f"cap {args.gpu_memory_gib:g} GiB\n"
-             + ", ".join(f"{k} {v}" for k, v in report.versions().items()))
+    title = first_line + "\n" + ", ".join(f"{k} {v}" for k, v in report.versions().items())
     table = report.parity_table(rows)
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    text = f"# Quality parity against the classic recipe\n\n{title.replace(chr(10), ', ')} · {when}\n\n{table}\n"
+    source = f"\nThe classic row is an earlier run's ({rows[0]['note']}).\n" if rows[0].get("note") else ""
+    text = f"# Quality parity against the classic recipe\n\n{title.replace(chr(10), ', ')} · {when}\n{source}\n{table}\n"
     os.makedirs(os.path.dirname(os.path.abspath(args.out_prefix)), exist_ok=True)
     with open(args.out_prefix + ".md", "w", encoding="utf-8") as f:
         f.write(text)

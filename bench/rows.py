@@ -65,6 +65,10 @@ CONFIGS = {
     "bf16-adam8bit-sr-mb16": Config(None, (*BF16_8BIT_SR, *batch(16, 1))),
     # --torch_compile compiles each transformer block (one graph, reused), not the whole model.
     "bf16-adam8bit-sr-compile": Config(None, (*BF16_8BIT_SR, "--torch_compile", *batch(8, 2))),
+    # Each weight stepped in the backward pass and its gradient freed there (no 2.9 GiB set of gradients, no
+    # separate step): one micro-batch of 16 instead of 8 x 2, and no gradient clipping, which it cannot do.
+    "bf16-adam8bit-sr-compile-inbackward": Config(None, (*BF16_8BIT_SR, "--torch_compile", "--optimizer_in_backward",
+                                                         "--max_grad_norm", "0", *batch(16, 1))),
     # The LM head as it is (50,257 rows) instead of padded to 50,304 for the chunked loss's matmuls.
     "bf16-adam8bit-sr-unpadded": Config(None, (*BF16_8BIT_SR, "--no_padded_lm_head", *batch(8, 2))),
     # A card without bf16 (T4, V100, P100), acted out by CLM_ASSUME_NO_BF16 on a 15 GiB cap (a T4's usable memory):

@@ -11,6 +11,7 @@ from conftest import python
 
 from bench import throughput
 from bench.rows import CONFIGS, Config
+from clmkit.errors import UsageError
 
 
 def test_table_of_real_runs_survives_a_failing_row(tiny_model, corpus, tmp_path, monkeypatch):
@@ -102,3 +103,24 @@ def test_parity_compares_eval_curves_from_the_same_init(tiny_model, corpus, tmp_
     assert rows["zero1"]["within_tolerance"] is True
     assert "| zero1 | " in (tmp_path / "docs" / "parity.md").read_text()
     assert (tmp_path / "docs" / "parity.png").stat().st_size > 1000
+
+    # A row against the classic row just run, read back from the .json (--classic_from), not run again.
+    again = tmp_path / "docs" / "again"
+    classic_log = tmp_path / "work" / "logs" / "parity-classic.log"
+    written = classic_log.stat().st_mtime_ns
+    code = parity.main(["--tiny", str(tiny_model), "--use_cpu", "--block_size", "64", "--steps", "12",
+                        "--eval_steps", "6", "--configs", "zero1", "--work_dir", str(tmp_path / "work"),
+                        "--out_prefix", str(again), "--classic_from", str(prefix) + ".json"])
+    assert code == 0
+    with open(str(again) + ".json") as f:
+        rerun = {row["name"]: row for row in json.load(f)["rows"]}
+    assert list(rerun) == ["classic", "zero1"]
+    assert rerun["classic"]["eval"] == rows["classic"]["eval"] and classic_log.stat().st_mtime_ns == written
+    assert rerun["zero1"]["within_tolerance"] is True
+    assert "an earlier run's" in (tmp_path / "docs" / "again.md").read_text()
+
+    # A stored run of other settings is refused before anything runs.
+    with pytest.raises(UsageError, match="--classic_from .*12 steps.*8 steps"):
+        parity.main(["--tiny", str(tiny_model), "--use_cpu", "--block_size", "64", "--steps", "8",
+                     "--configs", "bf16-adam8bit-sr", "--work_dir", str(tmp_path / "work"),
+                     "--out_prefix", str(again), "--classic_from", str(prefix) + ".json"])
