@@ -60,13 +60,16 @@ def busy_time_us(intervals):
 
 def summarize(events, wall_s, first, last):
     """profile.md's text from the profiler's events of steps first..last, which took wall_s seconds."""
-    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    # Device-side events are kernels, copies and the GPU spans of annotated ranges (an optimizer step's, from its
+    # first kernel to its last, gaps included): those spans are not work, so they are left out.
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA
+               and not getattr(e, "is_user_annotation", False)]
     steps = last - first + 1
     lines = [f"# Profile of optimizer steps {first}-{last} ({VARIABLE}={first}-{last})", "",
              f"- wall time: {wall_s * 1000 / steps:,.1f} ms a step"]
     if not kernels:
         lines.append("- no GPU kernels ran (a CPU run): the time is all the host's")
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines + host_table(events, steps)) + "\n"
     busy = busy_time_us((e.time_range.start, e.time_range.end) for e in kernels) / 1e6
     lines.append(f"- GPU busy: {busy * 1000 / steps:,.1f} ms a step, {busy / wall_s:.0%} of the wall time; idle "
                  f"{(wall_s - busy) * 1000 / steps:,.1f} ms a step (the GPU waiting for the host)")
@@ -76,10 +79,13 @@ def summarize(events, wall_s, first, last):
         count, total = by_name.get(e.name, (0, 0.0))
         by_name[e.name] = (count + 1, total + e.time_range.elapsed_us())
     total = sum(by_kind.values())
-    optimizer = sum(e.device_time_total for e in events if e.name.startswith("Optimizer.step#")
-                    and e.device_type == torch.autograd.DeviceType.CPU)
+    steps_taken = [e for e in events if e.name.startswith("Optimizer.step#")
+                   and e.device_type == torch.autograd.DeviceType.CPU]
+    optimizer = sum(e.device_time_total for e in steps_taken)
+    host = sum(e.cpu_time_total for e in steps_taken)
     lines.append(f"- inside optimizer steps: {optimizer / 1000 / steps:,.1f} ms of GPU time a step "
-                 f"({optimizer / total:.0%} of the kernel time)")
+                 f"({optimizer / total:.0%} of the kernel time), {host / 1000 / steps:,.1f} ms of host time (which "
+                 "the profiler itself lengthens)")
     lines += ["", "| kernels | ms a step | share of kernel time |", "|---|---:|---:|"]
     for kind, us in sorted(by_kind.items(), key=lambda item: -item[1]):
         lines.append(f"| {kind} | {us / 1000 / steps:,.1f} | {us / total:.0%} |")
@@ -88,7 +94,23 @@ def summarize(events, wall_s, first, last):
         short = name if len(name) <= 90 else name[:87] + "..."
         lines.append(f"| `{short.replace('|', '/')}` | {count / steps:g} | {us / 1000 / steps:,.2f} | "
                      f"{us / total:.1%} |")
+    lines += host_table(events, steps)
     return "\n".join(lines) + "\n"
+
+
+def host_table(events, steps):
+    """The host's top operations by their own time (not their children's): what keeps the GPU waiting."""
+    by_name = {}
+    for e in events:
+        if e.device_type == torch.autograd.DeviceType.CPU:
+            count, total = by_name.get(e.name, (0, 0.0))
+            by_name[e.name] = (count + 1, total + e.self_cpu_time_total)
+    lines = ["", "| top host operations (own time, lengthened by the profiler) | calls a step | ms a step |",
+             "|---|---:|---:|"]
+    for name, (count, us) in sorted(by_name.items(), key=lambda item: -item[1][1])[:12]:
+        short = name if len(name) <= 90 else name[:87] + "..."
+        lines.append(f"| `{short.replace('|', '/')}` | {count / steps:g} | {us / 1000 / steps:,.2f} |")
+    return lines
 
 
 class ProfileSteps(TrainerCallback):
