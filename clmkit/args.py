@@ -164,6 +164,13 @@ class ClmTrainingArguments(TrainingArguments):
                           "for a larger model. One GPU, no --deepspeed, no --fp16; needs "
                           "--gradient_accumulation_steps 1 and --max_grad_norm 0 (no clipping)."},
     )
+    optimizer_state_on_host: bool = field(
+        default=False,
+        metadata={"help": "With --optimizer_in_backward, keep the optimizer state in pinned host RAM and copy each "
+                          "weight's state to the GPU only while that weight steps: the GPU holds the weights and one "
+                          "weight's state (the bf16 mode's 8-bit state is 2 bytes a parameter, 12 GB for a 6B "
+                          "model), at the cost of copying the state both ways over PCIe every step."},
+    )
     plan: bool = field(
         default=False,
         metadata={"help": "Check the flags, print the memory plan (GPU, host RAM and disk needed against what this "

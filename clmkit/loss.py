@@ -14,8 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-CHUNK_TOKENS = 2048
+# A chunk holds about 100M logits: 2048 tokens of GPT-2's head padded to 50,304 rows, which measured well. A larger
+# vocabulary takes fewer tokens a chunk (Llama 3's 128,256: 768), so that its chunk costs the GPU no more memory.
+CHUNK_LOGITS = 2048 * 50304
 VOCAB_MULTIPLE = 128
+
+
+def chunk_tokens_for(vocab):
+    """Tokens a loss chunk for an LM head of `vocab` rows: CHUNK_LOGITS' worth, in whole multiples of 128."""
+    return max(128, CHUNK_LOGITS // max(vocab, 1) // 128 * 128)
 
 
 def padding_rows(vocab, multiple=VOCAB_MULTIPLE):
@@ -40,10 +47,11 @@ def _chunk_loss_sum(hidden, labels, head, multiple):
     return F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
 
 
-def chunked_causal_lm_loss_sum(hidden_states, labels, output_embeddings, chunk_tokens=CHUNK_TOKENS,
+def chunked_causal_lm_loss_sum(hidden_states, labels, output_embeddings, chunk_tokens=None,
                                vocab_multiple=VOCAB_MULTIPLE):
     """(sum of next-token losses, number of predicted tokens) for final hidden states [batch, seq, hidden].
-    vocab_multiple=1: the head as it is."""
+    chunk_tokens=None: chunk_tokens_for the head's rows. vocab_multiple=1: the head as it is."""
+    chunk_tokens = chunk_tokens or chunk_tokens_for(output_embeddings.weight.shape[0])
     hidden = hidden_states[:, :-1].reshape(-1, hidden_states.shape[-1])
     targets = labels[:, 1:].reshape(-1).to(hidden.device)
     total = hidden.new_zeros((), dtype=torch.float32)

@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM
 from .data import context_length
 from .errors import UsageError
 from .loading import optim_name, training_dtype
-from .loss import CHUNK_TOKENS
+from .loss import chunk_tokens_for
 from .machine import GiB, Machine, gib, gpu_here, local_ranks, probe_machine
 
 # Resident memory of one worker before any model state: Python and the libraries imported, the data tokenized, the
@@ -135,6 +135,7 @@ class Setup:
     optim: str = "adamw_torch"  # --optim: without DeepSpeed, what Adam's state costs on the GPU
     pretrained: bool = False  # weights read from --model_name_or_path (not built from a config)
     in_backward: bool = False  # --optimizer_in_backward: each gradient freed as soon as its weight steps
+    state_on_host: bool = False  # --optimizer_state_on_host: the optimizer state in pinned host RAM
 
     @property
     def fp16_mode(self):
@@ -200,8 +201,11 @@ def setup_from_args(training_args, block_size, ds_config=None, model_args=None, 
     ranks, nodes, launcher = local_ranks()
     save_strategy = getattr(training_args.save_strategy, "value", training_args.save_strategy)
     stage = int(zero.get("stage", 0)) if training_args.deepspeed else 0
-    chunk = CHUNK_TOKENS if getattr(training_args, "chunked_loss", False) else 0
+    vocab = getattr(config.get_text_config() if hasattr(config, "get_text_config") else config, "vocab_size", 0) \
+        if config is not None else 0
+    chunk = chunk_tokens_for(vocab or 50257) if getattr(training_args, "chunked_loss", False) else 0
     deepspeed = training_args.deepspeed
+    in_backward = bool(getattr(training_args, "optimizer_in_backward", False)) and not deepspeed
     return Setup(
         micro_batch=training_args.per_device_train_batch_size,
         accumulation=training_args.gradient_accumulation_steps,
@@ -228,7 +232,8 @@ def setup_from_args(training_args, block_size, ds_config=None, model_args=None, 
         weights=_load_dtype(model_args, config, training_args),
         optim=optim_name(training_args),
         pretrained=bool(getattr(model_args, "model_name_or_path", None)),
-        in_backward=bool(getattr(training_args, "optimizer_in_backward", False)) and not deepspeed,
+        in_backward=in_backward,
+        state_on_host=in_backward and bool(getattr(training_args, "optimizer_state_on_host", False)),
     )
 
 
@@ -359,9 +364,28 @@ def unquantized_elements(shape: ModelShape) -> int:
     return sum(n for n, _ in shape.sizes if n < QUANTIZED_MIN or n % QUANTIZED_BLOCK)
 
 
+def host_state_bytes(shape, setup, optimizer_state, weight_bytes):
+    """Adam's m and v in host RAM with --optimizer_state_on_host, pinned at their own size (clmkit/in_backward.py
+    registers each with CUDA, with none of the pinned allocator's rounding to powers of two). torchao's 8-bit state
+    adds an fp32 scale per 256 elements of m and of v; a tensor it does not quantize keeps m and v in the weights'
+    dtype."""
+    n = shape.n_params
+    if setup.optim not in OPTIMIZER_STATE_BYTES:
+        return optimizer_state * n
+    plain = unquantized_elements(shape)
+    quantized = n - plain
+    return optimizer_state * quantized + 2 * 4 * quantized // QUANTIZED_BLOCK + 2 * weight_bytes * plain
+
+
 # What a low-bit AdamW holds on the GPU beyond its state, per parameter: fitted to the bf16 mode's peak at 12 and
 # at 48 layers of GPT-2 XL's width (docs/plan-calibration.md), 1.6 bytes a parameter at both.
 LOW_BIT_WORKING_BYTES = 1.6
+# Stepped in the backward, the same optimizer holds 4 bytes x the largest parameter beyond its state instead, as
+# measured on GPT-J 6B's shapes in the bf16 mode with --optimizer_in_backward (random weights, micro-batch 1 x 1024,
+# the model's forward, the chunked loss and the backward, on an H200): the peak was 0.85 GiB over the states and
+# activations with the state on the GPU and 0.68 GiB with it on the host (one parameter's state counted), against
+# 0.77 GiB for 4 bytes x the 206M-element embedding. The fitted 1.6 bytes a parameter would have said 8.2 GiB more.
+IN_BACKWARD_WORKING_BYTES = 4
 
 
 def estimate(shape: ModelShape, setup: Setup) -> Needs:
@@ -390,7 +414,10 @@ def estimate(shape: ModelShape, setup: Setup) -> Needs:
         # Stepped in the backward, a gradient lives until its weight steps: a tied embedding's for the whole
         # backward (its uses add up first), and the module's being differentiated.
         gradients = (shape.largest_param + shape.largest_layer) if setup.in_backward else n
-        gpu_states = (weight_bytes + optimizer_state) * n + weight_bytes * gradients + copies
+        # With the state in host RAM (--optimizer_state_on_host), the GPU holds one parameter's at a time, copied in
+        # for its step: the largest parameter's at most.
+        states = shape.largest_param if setup.state_on_host else n
+        gpu_states = weight_bytes * n + optimizer_state * states + weight_bytes * gradients + copies
         # On several GPUs DDP's buckets are the gradients themselves (trainer.py), so they add nothing here.
         if setup.fp16_mode and setup.optim in OPTIMIZER_STATE_BYTES:
             # m and v in fp32 (8 bytes, not 2) where torchao does not quantize (GPT-2's embedding: 50257 rows do
@@ -398,14 +425,23 @@ def estimate(shape: ModelShape, setup: Setup) -> Needs:
             # pass's fp32 copy of the largest gradient (clmkit/fp16_adamw.py)
             gpu_states += 6 * unquantized_elements(shape)
             buffers = 4 * shape.largest_param
+        elif setup.optim not in OPTIMIZER_STATE_BYTES:
+            buffers = 0
+        elif setup.in_backward:
+            # One parameter steps at a time: the fp32 temporaries of one weight, the largest's
+            buffers = IN_BACKWARD_WORKING_BYTES * shape.largest_param
         else:
-            buffers = int(LOW_BIT_WORKING_BYTES * n) if setup.optim in OPTIMIZER_STATE_BYTES else 0
+            buffers = int(LOW_BIT_WORKING_BYTES * n)
     kept, transient, loss, layer = activation_bytes(shape, setup, act_bytes)
 
     worker = WORKER_BASELINE + (CUDA_BASELINE if setup.cuda and not setup.use_cpu else 0)
     baseline = setup.ranks * worker + (LAUNCHER_BASELINE if setup.launcher else 0)
     # DeepSpeedCPUAdam's exp_avg and exp_avg_sq: fp32, ordinary (pageable) memory, partitioned over the ranks
     optimizer = 8 * n if setup.offload_optimizer else 0
+    if setup.state_on_host and not setup.deepspeed:
+        # (A resume holds the loaded state beside it for a moment: for the 8-bit state about the size of the
+        # weights' copy that saving counts.)
+        optimizer = host_state_bytes(shape, setup, optimizer_state, weight_bytes)
     pinned, parts = 0, {}
     if setup.deepspeed and setup.stage == 3 and (setup.offload_optimizer or setup.offload_param):
         # DeepSpeed's estimate (16-bit parameters, fp32 master weights, gradients and Adam state, x1.5 for buffers)
@@ -492,19 +528,28 @@ class Plan:
         out = [("drop --no_gradient_checkpointing", dataclasses.replace(s, checkpointing=True))] \
             if not s.checkpointing else []
         out.append(("", s))
-        if not s.deepspeed and s.load_bytes == 2 and not s.in_backward and s.ranks * s.nodes == 1:
-            out.append(("--optimizer_in_backward --gradient_accumulation_steps 1 --max_grad_norm 0 (each weight "
-                        "steps in the backward pass: no full set of gradients on the GPU)",
-                        dataclasses.replace(s, in_backward=True, accumulation=1)))
+        if not s.deepspeed and s.load_bytes == 2 and s.ranks * s.nodes == 1:
+            early = ("--optimizer_in_backward --gradient_accumulation_steps 1 --max_grad_norm 0 (each weight steps "
+                     "in the backward pass: no full set of gradients on the GPU)")
+            stepped = dataclasses.replace(s, in_backward=True, accumulation=1)
+            if not s.in_backward:
+                out.append((early, stepped))
+            if not s.state_on_host:
+                on_host = ("--optimizer_state_on_host (the optimizer state in pinned host RAM, each weight's copied "
+                           "to the GPU for its step)")
+                out.append((on_host if s.in_backward else f"{early}, plus {on_host}",
+                            dataclasses.replace(stepped, state_on_host=True)))
         if not s.offload_optimizer and s.stage < 3:
             out.append(("--deepspeed ds_config.json (ZeRO-2 with the optimizer in CPU RAM)",
                         dataclasses.replace(s, deepspeed="ds_config.json", stage=2, offload_optimizer=True,
-                                            pin_memory=True, reduce_bucket=0, overlap_comm=True, in_backward=False)))
+                                            pin_memory=True, reduce_bucket=0, overlap_comm=True, in_backward=False,
+                                            state_on_host=False)))
         if s.stage < 3:
             out.append(("--deepspeed ds_config_zero3.json (ZeRO-3: parameters and optimizer in CPU RAM)",
                         dataclasses.replace(s, deepspeed="ds_config_zero3.json", stage=3, offload_optimizer=True,
                                             offload_param=True, pin_memory=True, reduce_bucket=0, overlap_comm=True,
-                                            prefetch_bucket=0, persistence_threshold=0, in_backward=False)))
+                                            prefetch_bucket=0, persistence_threshold=0, in_backward=False,
+                                            state_on_host=False)))
         if s.deepspeed and s.offload_optimizer and s.pin_memory and s.stage < 3 and not s.use_cpu:
             out.append((f'"pin_memory": false under "offload_optimizer" in {s.deepspeed} (no pinned buffers, which '
                         "PyTorch rounds up to powers of two)", dataclasses.replace(s, pin_memory=False)))
@@ -513,14 +558,14 @@ class Plan:
                         dataclasses.replace(s, offload_optimizer=False, pin_memory=False)))
         if s.deepspeed and not s.use_cpu:  # the mode for 16-bit weights this GPU does, without DeepSpeed
             name = "bf16 mode" if self.machine.bf16 else "fp16 mode"
-            flags, setup = {mode: (flags, setup) for mode, flags, setup in mode_setups(s)}[name]
+            flags, setup = {mode: (flags, setup) for mode, flags, setup in mode_setups(s, self.shape.vocab)}[name]
             out.append((f"the {name}: {flags} without --deepspeed", setup))
         return out
 
     def modes(self):
         """[(name, flags, verdict)] of each way the tool trains, at this run's batch, on this machine's GPU."""
         rows = []
-        for name, flags, setup in mode_setups(self.setup):
+        for name, flags, setup in mode_setups(self.setup, self.shape.vocab):
             if setup.in_backward and setup.ranks * setup.nodes > 1:
                 rows.append((name, flags, "cannot run: one GPU only"))
                 continue
@@ -589,16 +634,17 @@ class Plan:
         return text
 
 
-def mode_setups(s: Setup):
+def mode_setups(s: Setup, vocab: int):
     """The tool's ways to train, each at the batch of `s`: (name, the flags that choose it, its Setup)."""
     plain = dict(deepspeed="", stage=0, offload_optimizer=False, offload_param=False, pin_memory=False,
-                 overlap_comm=False, optim="adamw_torch_8bit", chunk_tokens=CHUNK_TOKENS, in_backward=False)
+                 overlap_comm=False, optim="adamw_torch_8bit", chunk_tokens=chunk_tokens_for(vocab),
+                 in_backward=False, state_on_host=False)
     precision = s.precision if s.half else "fp16"
     return [
         ("classic recipe", f"--deepspeed ds_config.json --{precision}",
          dataclasses.replace(s, deepspeed="ds_config.json", stage=2, offload_optimizer=True, offload_param=False,
                              pin_memory=True, reduce_bucket=0, overlap_comm=True, precision=precision,
-                             weights=precision, optim="adamw_torch")),
+                             weights=precision, optim="adamw_torch", in_backward=False, state_on_host=False)),
         ("fp16 mode", "--fp16 --optim adamw_torch_8bit --chunked_loss",
          dataclasses.replace(s, precision="fp16", weights="fp16", **plain)),
         ("bf16 mode", "--bf16 --dtype bfloat16 --optim adamw_torch_8bit --optim_args bf16_stochastic_round=True "
@@ -607,6 +653,11 @@ def mode_setups(s: Setup):
         ("bf16, in backward", "the bf16 mode's flags and --optimizer_in_backward --gradient_accumulation_steps 1 "
                               "--max_grad_norm 0",
          dataclasses.replace(s, precision="bf16", weights="bf16", accumulation=1, **dict(plain, in_backward=True))),
+        ("bf16, in backward, state on host", "the bf16 mode's flags and --optimizer_in_backward "
+                                             "--optimizer_state_on_host --gradient_accumulation_steps 1 "
+                                             "--max_grad_norm 0",
+         dataclasses.replace(s, precision="bf16", weights="bf16", accumulation=1,
+                             **dict(plain, in_backward=True, state_on_host=True))),
     ]
 
 

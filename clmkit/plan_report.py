@@ -103,13 +103,11 @@ def report(plan) -> str:
             f"kept {gib(n.kept)} ({'each layer input' if s.checkpointing else 'every layer'}, {tokens:,} "
             f"tokens) + loss over {min(tokens, s.chunk_tokens or tokens):,} x {shape.vocab:,} logits "
             f"{gib(n.loss)}" + (f", or a recomputed layer {gib(2 * n.layer)}" if s.checkpointing else "")),
-        row("buffers", gib(n.gpu_buffers), "DeepSpeed's gradient buckets and offload staging" if s.deepspeed
-            else "the low-bit optimizer's working memory" if n.gpu_buffers else
-            "none" + (" (DDP's buckets are the gradients)" if s.ranks * s.nodes > 1 else "")),
+        row("buffers", gib(n.gpu_buffers), buffers_text(s, n)),
         row("peak", gib(n.gpu), f"allocated; allow {round((GPU_MARGIN - 1) * 100)}% more for fragmentation"),
         "host RAM",
-        row("optimizer state", gib(n.host_optimizer),
-            "Adam's fp32 m and v, offloaded" if n.host_optimizer else "none offloaded (on the GPU)"),
+        row("optimizer state", gib(n.host_optimizer), host_state_text(s) if n.host_optimizer else
+            "none offloaded (on the GPU)"),
         row("pinned buffers" if s.pin_memory and not s.use_cpu else "offload buffers", gib(n.host_pinned),
             ", ".join(f"{k} {gib(v)}" for k, v in n.pinned_parts.items() if v) or "none"),
         row("loading", gib(n.host_loading), loading_text(plan.setup)),
@@ -137,7 +135,9 @@ def report(plan) -> str:
               f"{m.disk_note}"]
     if not s.use_cpu and m.gpus:
         lines.append("modes on this machine, at this batch")
-        lines += [f"  {name:<18}{verdict}   ({flags})" for name, flags, verdict in plan.modes()]
+        modes = plan.modes()
+        width = max(len(name) for name, _, _ in modes) + 2
+        lines += [f"  {name:<{width}}{verdict}   ({flags})" for name, flags, verdict in modes]
     checks = ", ".join(f"{key} {value}" for key, value in plan.status.items())
     change = plan.change()
     lines.append(f"verdict: {plan.verdict} ({checks})" + (f"\n  change: {change}" if change else ""))
@@ -148,6 +148,9 @@ def states_text(s):
     if not s.deepspeed:
         weights = "fp32" if s.load_bytes == 4 else "16-bit"
         adam = "8-bit " if "8bit" in s.optim else "4-bit " if "4bit" in s.optim else ""
+        if s.state_on_host:
+            return (f"{weights} weights, gradients of one layer at a time (stepped in the backward) and one weight's "
+                    f"{adam}Adam state (the rest in host RAM)")
         if s.in_backward:
             return f"{weights} weights, {adam}Adam state, gradients of one layer at a time (stepped in the backward)"
         return (f"{weights} weights and gradients, {adam}Adam state"
@@ -160,6 +163,22 @@ def states_text(s):
     if s.offload_optimizer:
         return f"{where} (DeepSpeed's ZeRO-{s.stage} estimate); gradients go to CPU RAM as they are made"
     return f"{where}, gradients, fp32 master weights and Adam state (DeepSpeed's ZeRO-{s.stage} estimate)"
+
+
+def buffers_text(s, needs):
+    if s.deepspeed:
+        return "DeepSpeed's gradient buckets and offload staging"
+    if needs.gpu_buffers:
+        return "the low-bit optimizer's working memory" + (": one weight's step at a time" if s.in_backward else "")
+    return "none" + (" (DDP's buckets are the gradients)" if s.ranks * s.nodes > 1 else "")
+
+
+def host_state_text(s):
+    if not s.state_on_host:
+        return "Adam's fp32 m and v, offloaded"
+    adam = "8-bit m and v with their scales" if "8bit" in s.optim else "m and v"
+    pinned = ", pinned" if s.cuda else ""
+    return f"Adam's {adam}{pinned}; each weight's copied to the GPU for its step (--optimizer_state_on_host)"
 
 
 def loading_text(s):

@@ -51,7 +51,8 @@ class ClmTrainer(Trainer):
         if model is not None and fp16_mode(model, args):
             return Fp16AdamW8bit, dict(kwargs, max_grad_norm=args.max_grad_norm)
         if getattr(args, "optimizer_in_backward", False):
-            return OptimizerInBackward, dict(kwargs, inner_cls=optimizer_cls)
+            return OptimizerInBackward, dict(kwargs, inner_cls=optimizer_cls,
+                                             state_on_host=getattr(args, "optimizer_state_on_host", False))
         return optimizer_cls, kwargs
 
     def create_optimizer(self, model=None):

@@ -184,6 +184,9 @@ CASES = [
     ("optimizer-in-backward-limits", ["--optimizer_in_backward", "--gradient_accumulation_steps", "2"],
      [("--optimizer_in_backward", "--gradient_accumulation_steps 2", "use --gradient_accumulation_steps 1"),
       ("--optimizer_in_backward", "--max_grad_norm 1", "add --max_grad_norm 0")], {}, []),
+    # the state comes to the GPU a parameter at a time only as each steps in the backward pass
+    ("optimizer-state-on-host-alone", ["--optimizer_state_on_host"],
+     [("--optimizer_state_on_host without --optimizer_in_backward", "add --optimizer_in_backward")], {}, []),
     # torchao is in requirements.txt (the bf16 mode's 8-bit AdamW); bitsandbytes is not, so CI sees the message
     ("optimizer-package-missing", ["--optim", "adamw_bnb_8bit"],
      [("--optim adamw_bnb_8bit", "needs the bitsandbytes package")], {},

@@ -79,3 +79,91 @@ def test_a_resumed_optimizer_goes_on_as_the_uninterrupted_one():
     for p, q in zip(whole.parameters(), resumed.parameters()):
         assert torch.equal(p, q)
 
+
+def test_with_the_state_on_host_the_weights_are_the_same():
+    """--optimizer_state_on_host moves each state to the weight's device for its step and back: the same AdamW."""
+    kept, moved = tiny_gpt2(), tiny_gpt2()
+    data = batches(5)
+    train(kept, OptimizerInBackward(groups(kept), torch.optim.AdamW, **HYPER), data, in_backward=True)
+    train(moved, OptimizerInBackward(groups(moved), torch.optim.AdamW, state_on_host=True, **HYPER), data,
+          in_backward=True)
+    for (name, p), q in zip(kept.named_parameters(), moved.parameters()):
+        assert torch.equal(p, q), name
+
+
+def test_with_the_state_on_host_torchaos_8bit_state_steps_the_same(monkeypatch):
+    """The bf16 mode's optimizer: bf16 weights, torchao's 8-bit AdamW with stochastic rounding. Its state is a
+    tensor subclass (codes, scales and a quantization map), moved through the plain tensors inside it. torchao
+    compiles its step; here it runs eagerly (compiling each shape on the CPU takes seconds), as the move around it
+    does not depend on that."""
+    from torchao.optim import AdamW8bit
+    from torchao.optim.subclass_8bit import OptimState8bit
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    torch.manual_seed(0)
+    start = [torch.randn(64, 64) * 0.02, torch.randn(64, 64) * 0.02, torch.zeros(64)]  # 8-bit, 8-bit, plain state
+    inputs = [torch.randn(16, 64, dtype=torch.bfloat16) for _ in range(4)]
+
+    def run(**flag):
+        weights = [torch.nn.Parameter(w.bfloat16()) for w in start]
+        optimizer = OptimizerInBackward([{"params": weights, "weight_decay": 0.1}], AdamW8bit,
+                                        bf16_stochastic_round=True, **HYPER, **flag)
+        torch.manual_seed(1)  # the same stochastic rounding in both runs
+        for x in inputs:
+            ((x @ weights[0] @ weights[1] + weights[2]).float() ** 2).mean().backward()
+        return weights, optimizer
+
+    kept, _ = run()
+    moved, optimizer = run(state_on_host=True)
+    assert not torch.equal(moved[0], start[0].bfloat16())
+    for p, q in zip(kept, moved):
+        assert torch.equal(p, q)
+    p = moved[0]
+    exp_avg = optimizer.inner[p][0].state[p]["exp_avg"]
+    assert isinstance(exp_avg, OptimState8bit) and exp_avg is optimizer.host_state[p]["exp_avg"]
+
+
+def test_between_steps_the_state_is_in_its_host_tensors_and_each_step_works_on_a_copy():
+    """The state each step works on is a copy on the weight's device; after the step the optimizer holds the same
+    host tensors as before (pinned where CUDA is here), and the step count stays where torch keeps it."""
+    model = tiny_gpt2()
+    optimizer = OptimizerInBackward(groups(model), torch.optim.AdamW, state_on_host=True, **HYPER)
+    stepped_on = set()  # the data of every state tensor an inner step was given
+    for inner, _ in optimizer.inner.values():
+        inner.register_step_pre_hook(lambda opt, args, kwargs: stepped_on.update(
+            v.data_ptr() for state in opt.state.values() for k, v in state.items() if k != "step"))
+    host = None
+    for ids in batches(3):
+        train(model, optimizer, [ids], in_backward=True)
+        now = {(p, k): v for p in model.parameters() for k, v in optimizer.inner[p][0].state[p].items()}
+        assert {k for _, k in now} == {"step", "exp_avg", "exp_avg_sq"}
+        for (p, k), v in now.items():
+            assert v.device.type == "cpu" and v.is_pinned() == (torch.cuda.is_available() and k != "step")
+        moved = {key: v.data_ptr() for key, v in now.items() if key[1] != "step"}
+        assert host is None or moved == host  # the same host tensors, step after step
+        host = moved
+    assert stepped_on and not stepped_on & set(host.values())
+
+
+def test_a_resumed_optimizer_with_the_state_on_host_goes_on_as_the_uninterrupted_one():
+    """torch loads a state onto its weight's device; with the state on host it goes back into host tensors, which
+    hold the checkpoint's values, not the checkpoint's tensors themselves."""
+    data = batches(6)
+    whole = tiny_gpt2()
+    train(whole, OptimizerInBackward(groups(whole), torch.optim.AdamW, state_on_host=True, **HYPER), data,
+          in_backward=True)
+    first = tiny_gpt2()
+    optimizer = OptimizerInBackward(groups(first), torch.optim.AdamW, state_on_host=True, **HYPER)
+    train(first, optimizer, data[:3], in_backward=True)
+    saved_weights, saved_optimizer = copy.deepcopy(first.state_dict()), copy.deepcopy(optimizer.state_dict())
+    resumed = tiny_gpt2()
+    resumed.load_state_dict(saved_weights)
+    optimizer = OptimizerInBackward(groups(resumed), torch.optim.AdamW, state_on_host=True, **HYPER)
+    optimizer.load_state_dict(saved_optimizer)
+    loaded = [v for state in saved_optimizer["in_backward"] for s in state["state"].values() for v in s.values()]
+    for p in resumed.parameters():
+        for key, value in optimizer.host_state[p].items():
+            assert optimizer.inner[p][0].state[p][key] is value and all(value is not v for v in loaded)
+    train(resumed, optimizer, data[3:], in_backward=True)
+    for p, q in zip(whole.parameters(), resumed.parameters()):
+        assert torch.equal(p, q)

@@ -4,7 +4,7 @@ estimate has, and a prediction written down before the run that measured it (doc
 import dataclasses
 
 import pytest
-from transformers import GPT2Config, GPTNeoConfig
+from transformers import GPT2Config, GPTJConfig, GPTNeoConfig
 
 from clmkit.machine import GiB, Machine
 from clmkit.plan import Plan, Setup, estimate, model_shape
@@ -205,3 +205,50 @@ def test_the_table_of_modes_of_a_run_stepped_in_the_backward_counts_each_mode_as
     gpu = {name: float(verdict.split("GPU ")[1].split(" GiB")[0]) for name, _, verdict in
            Plan(xl, stepped, machine(), "out").modes()}
     assert gpu["bf16 mode"] - gpu["bf16, in backward"] > 2.5
+
+
+@pytest.fixture(scope="module")
+def gptj():
+    return model_shape(GPTJConfig(n_embd=4096, n_layer=28, n_head=16, vocab_size=50400, rotary_dim=64))
+
+
+GPTJ_STEPPED = dataclasses.replace(BF16_MODE, micro_batch=1, accumulation=1, in_backward=True)
+
+
+def test_with_the_state_on_host_a_6b_model_fits_a_16_gib_gpu(gptj):
+    """GPT-J 6B's shapes in the bf16 mode stepped in the backward: bf16 weights and 8-bit state, 2 bytes a parameter
+    each, do not fit 16 GiB. --optimizer_state_on_host moves the state to host RAM (2 bytes a parameter and the
+    scales) and leaves one parameter's on the GPU."""
+    assert 6.0e9 < gptj.n_params < 6.1e9
+    on_gpu, on_host = estimate(gptj, GPTJ_STEPPED), estimate(gptj, dataclasses.replace(GPTJ_STEPPED,
+                                                                                        state_on_host=True))
+    assert on_gpu.gpu > 16 * GiB > on_host.gpu
+    assert on_gpu.gpu_states - on_host.gpu_states == 2 * (gptj.n_params - gptj.largest_param)
+    assert on_gpu.host_optimizer == 0 and 2 < on_host.host_optimizer / gptj.n_params < 2.05
+    assert on_host.host_training - on_gpu.host_training == on_host.host_optimizer
+    assert on_host.activations == on_gpu.activations and on_host.disk_checkpoint == on_gpu.disk_checkpoint
+
+
+def test_a_run_stepped_in_the_backward_that_does_not_fit_is_told_to_keep_the_state_on_host(gptj):
+    plan = Plan(gptj, GPTJ_STEPPED, machine(gpu_gib=16), "out")
+    assert plan.status["GPU"] == "does not fit"
+    assert plan.change().startswith("--optimizer_state_on_host"), plan.change()
+    verdicts = {name: verdict for name, _, verdict in plan.modes()}
+    assert verdicts["bf16, in backward"].startswith("does not fit")
+    assert verdicts["bf16, in backward, state on host"].startswith("fits")
+    text = report(Plan(gptj, dataclasses.replace(GPTJ_STEPPED, state_on_host=True), machine(gpu_gib=16), "out"))
+    assert "verdict: fits" in text and "--optimizer_state_on_host" in text.split("host RAM\n")[1]
+    # the bf16 mode as it is: stepping in the backward alone does not fit, with the state on host it does
+    plain = Plan(gptj, dataclasses.replace(BF16_MODE, micro_batch=1, accumulation=1), machine(gpu_gib=16), "out")
+    assert plain.change().startswith("--optimizer_in_backward --gradient_accumulation_steps 1 --max_grad_norm 0 "
+                                     "(each weight steps in the backward pass: no full set of gradients on the GPU),"
+                                     " plus --optimizer_state_on_host"), plain.change()
+
+
+@pytest.mark.parametrize("on_host, measured_gib", [(False, 24.98), (True, 13.92)], ids=["state-on-gpu", "on-host"])
+def test_stepped_in_the_backward_against_its_gpu_peak(gptj, on_host, measured_gib):
+    """GPT-J 6B's shapes in the bf16 mode with --optimizer_in_backward at micro-batch 1 x 1024, measured on an H200
+    (peak allocated of the model's forward, the chunked loss and the backward, random weights). The working memory
+    of a step in the backward, 4 bytes x the largest parameter, was chosen from these two runs."""
+    setup = dataclasses.replace(GPTJ_STEPPED, state_on_host=on_host)
+    assert estimate(gptj, setup).gpu / GiB == pytest.approx(measured_gib, rel=0.05)
