@@ -377,15 +377,15 @@ def host_state_bytes(shape, setup, optimizer_state, weight_bytes):
     return optimizer_state * quantized + 2 * 4 * quantized // QUANTIZED_BLOCK + 2 * weight_bytes * plain
 
 
-# What a low-bit AdamW holds on the GPU beyond its state, per parameter: fitted to the bf16 mode's peak at 12 and
-# at 48 layers of GPT-2 XL's width (docs/plan-calibration.md), 1.6 bytes a parameter at both.
-LOW_BIT_WORKING_BYTES = 1.6
-# Stepped in the backward, the same optimizer holds 4 bytes x the largest parameter beyond its state instead, as
-# measured on GPT-J 6B's shapes in the bf16 mode with --optimizer_in_backward (random weights, micro-batch 1 x 1024,
-# the model's forward, the chunked loss and the backward, on an H200): the peak was 0.85 GiB over the states and
-# activations with the state on the GPU and 0.68 GiB with it on the host (one parameter's state counted), against
-# 0.77 GiB for 4 bytes x the 206M-element embedding. The fitted 1.6 bytes a parameter would have said 8.2 GiB more.
-IN_BACKWARD_WORKING_BYTES = 4
+# A low-bit AdamW steps one parameter at a time (torchao), in the backward or after it: its working memory is the
+# fp32 temporaries of one weight, 4 bytes x the largest parameter (measured on GPT-J 6B's shapes stepped in the
+# backward, micro-batch 1: 0.85 GiB over states and activations, against 0.77 GiB for its 206M-element embedding).
+STEP_WORKING_BYTES = 4
+# Without DeepSpeed, 16-bit weights under the Trainer's autocast (the bf16 mode, with or without the step in the
+# backward) keep twice the 16-bit layer inputs the count below gives. Fitted, cause not traced, to the measured peaks
+# on an H200 (docs/plan-calibration.md): GPT-2 XL's shapes at micro-batch 8 and 16, Qwen2.5-1.5B's at 8,
+# Llama-3.2-3B's at 8 and GPT-J 6B's at 1 and 2, all within 8%. The fp16 mode, without autocast, keeps none.
+AUTOCAST_KEPT = 2
 
 
 def estimate(shape: ModelShape, setup: Setup) -> Needs:
@@ -411,12 +411,12 @@ def estimate(shape: ModelShape, setup: Setup) -> Needs:
         # AdamW); under autocast of fp32 weights a 16-bit copy of every weight, cached in the forward pass and kept
         # for the backward
         copies = 2 * n if setup.half and weight_bytes == 4 else 0
-        # Stepped in the backward, a gradient lives until its weight steps: a tied embedding's for the whole
-        # backward (its uses add up first), and the module's being differentiated.
-        gradients = (shape.largest_param + shape.largest_layer) if setup.in_backward else n
+        # Stepped in the backward, a gradient lives until its weight steps: the largest (a tied embedding's, whose
+        # uses add up over the whole backward) is counted here, a layer's with the activations it is made from.
+        gradients = shape.largest_param if setup.in_backward else n
         # With the state in host RAM (--optimizer_state_on_host), the GPU holds one parameter's at a time, copied in
-        # for its step: the largest parameter's at most.
-        states = shape.largest_param if setup.state_on_host else n
+        # for its step: counted with that step's working memory below.
+        states = 0 if setup.state_on_host else n
         gpu_states = weight_bytes * n + optimizer_state * states + weight_bytes * gradients + copies
         # On several GPUs DDP's buckets are the gradients themselves (trainer.py), so they add nothing here.
         if setup.fp16_mode and setup.optim in OPTIMIZER_STATE_BYTES:
@@ -427,12 +427,17 @@ def estimate(shape: ModelShape, setup: Setup) -> Needs:
             buffers = 4 * shape.largest_param
         elif setup.optim not in OPTIMIZER_STATE_BYTES:
             buffers = 0
-        elif setup.in_backward:
-            # One parameter steps at a time: the fp32 temporaries of one weight, the largest's
-            buffers = IN_BACKWARD_WORKING_BYTES * shape.largest_param
         else:
-            buffers = int(LOW_BIT_WORKING_BYTES * n)
+            buffers = STEP_WORKING_BYTES * shape.largest_param
+            if setup.state_on_host:  # the weight's state, copied in for its step
+                buffers += optimizer_state * shape.largest_param
     kept, transient, loss, layer = activation_bytes(shape, setup, act_bytes)
+    if not setup.deepspeed and not setup.fp16_mode and setup.half and weight_bytes == 2 and setup.checkpointing:
+        kept += (AUTOCAST_KEPT - 1) * shape.layers * shape.hidden * setup.micro_batch * setup.block_size * act_bytes
+    if setup.in_backward and not setup.deepspeed:
+        # The largest weight steps as the backward ends, when the activations are gone: only what its step needs
+        # beyond them counts.
+        buffers = max(0, buffers - kept - transient)
 
     worker = WORKER_BASELINE + (CUDA_BASELINE if setup.cuda and not setup.use_cpu else 0)
     baseline = setup.ranks * worker + (LAUNCHER_BASELINE if setup.launcher else 0)

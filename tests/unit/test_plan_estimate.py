@@ -6,6 +6,7 @@ import dataclasses
 import pytest
 from transformers import GPT2Config, GPTJConfig, GPTNeoConfig
 
+from clmkit.loss import chunk_tokens_for
 from clmkit.machine import GiB, Machine
 from clmkit.plan import Plan, Setup, estimate, model_shape
 from clmkit.plan_report import report, stop_problems
@@ -223,7 +224,7 @@ def test_with_the_state_on_host_a_6b_model_fits_a_16_gib_gpu(gptj):
     on_gpu, on_host = estimate(gptj, GPTJ_STEPPED), estimate(gptj, dataclasses.replace(GPTJ_STEPPED,
                                                                                         state_on_host=True))
     assert on_gpu.gpu > 16 * GiB > on_host.gpu
-    assert on_gpu.gpu_states - on_host.gpu_states == 2 * (gptj.n_params - gptj.largest_param)
+    assert on_gpu.gpu_states - on_host.gpu_states == 2 * gptj.n_params  # the step's copy is a buffer
     assert on_gpu.host_optimizer == 0 and 2 < on_host.host_optimizer / gptj.n_params < 2.05
     assert on_host.host_training - on_gpu.host_training == on_host.host_optimizer
     assert on_host.activations == on_gpu.activations and on_host.disk_checkpoint == on_gpu.disk_checkpoint
@@ -245,10 +246,35 @@ def test_a_run_stepped_in_the_backward_that_does_not_fit_is_told_to_keep_the_sta
                                      " plus --optimizer_state_on_host"), plain.change()
 
 
-@pytest.mark.parametrize("on_host, measured_gib", [(False, 24.98), (True, 13.92)], ids=["state-on-gpu", "on-host"])
-def test_stepped_in_the_backward_against_its_gpu_peak(gptj, on_host, measured_gib):
-    """GPT-J 6B's shapes in the bf16 mode with --optimizer_in_backward at micro-batch 1 x 1024, measured on an H200
-    (peak allocated of the model's forward, the chunked loss and the backward, random weights). The working memory
-    of a step in the backward, 4 bytes x the largest parameter, was chosen from these two runs."""
-    setup = dataclasses.replace(GPTJ_STEPPED, state_on_host=on_host)
-    assert estimate(gptj, setup).gpu / GiB == pytest.approx(measured_gib, rel=0.05)
+QWEN = dict(model_type="qwen2", hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+            num_attention_heads=12, num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True)
+LLAMA = dict(model_type="llama", hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
+             num_attention_heads=24, num_key_value_heads=8, head_dim=128, vocab_size=128256, tie_word_embeddings=True)
+GPTJ = dict(model_type="gptj", n_embd=4096, n_layer=28, n_head=16, vocab_size=50400, rotary_dim=64)
+XL = dict(model_type="gpt2", n_embd=1600, n_layer=48, n_head=25)
+# Peak GPU memory allocated, measured on an H200 with random weights, block 1024 (docs/gpu-runs.md): the bf16 mode
+# (B) and the same stepped in the backward (IB), its state on the GPU or the host. The two GPT-J runs at micro-batch
+# 1 ran the forward, the chunked loss and the backward without the Trainer; the others are run_clm.py runs.
+MEASURED_PEAKS = [
+    ("gpt2-xl B 8x2", XL, dict(micro_batch=8, accumulation=2), 13.41),
+    ("gpt2-xl IB 16", XL, dict(micro_batch=16, accumulation=1, in_backward=True), 14.21),
+    ("qwen2.5-1.5b B 8x2", QWEN, dict(micro_batch=8, accumulation=2), 11.62),
+    ("llama-3.2-3b IB host 8", LLAMA, dict(micro_batch=8, accumulation=1, in_backward=True, state_on_host=True), 11.07),
+    ("gpt-j-6b IB host 2", GPTJ, dict(micro_batch=2, accumulation=1, in_backward=True, state_on_host=True), 14.25),
+    ("gpt-j-6b IB host 1", GPTJ, dict(micro_batch=1, accumulation=1, in_backward=True, state_on_host=True), 13.92),
+    ("gpt-j-6b IB 1", GPTJ, dict(micro_batch=1, accumulation=1, in_backward=True), 24.98),
+]
+
+
+@pytest.mark.parametrize("family, changes, measured_gib", [row[1:] for row in MEASURED_PEAKS],
+                         ids=[row[0] for row in MEASURED_PEAKS])
+def test_the_plan_against_measured_gpu_peaks(family, changes, measured_gib):
+    """The bf16 mode's plan within 15% of each peak measured across four families (the issue's bar). Its two fitted
+    terms (a step's working memory, the layer inputs kept under autocast) were fitted to these same runs: this holds
+    them, and every other term, to what was measured."""
+    from transformers import CONFIG_MAPPING
+
+    config = dict(family)
+    shape = model_shape(CONFIG_MAPPING[config.pop("model_type")](**config))
+    setup = dataclasses.replace(BF16_MODE, chunk_tokens=chunk_tokens_for(shape.vocab), **changes)
+    assert estimate(shape, setup).gpu / GiB == pytest.approx(measured_gib, rel=0.15)
