@@ -584,6 +584,18 @@ class Plan:
                                       f"{gib(needs.host)} ({status['host RAM']})"))
         return rows
 
+    def choice(self):
+        """(mode, its flags, why) of the mode to train in on this machine at this batch: the first in PREFERENCE
+        whose GPU and host RAM fit (else the first that is tight); None when none can."""
+        verdicts = {name: verdict for name, _, verdict in self.modes()}
+        flags = {name: flag for name, flag, _ in mode_setups(self.setup, self.shape.vocab)}
+        for wanted in (FITS, TIGHT):
+            for name, why in PREFERENCE:
+                if verdicts[name].startswith(wanted):
+                    return name, flags[name], why + ("" if wanted == FITS else "; tight: a smaller micro-batch "
+                                                     "leaves more room")
+        return None
+
     def _fits_compute(self, setup):
         status = self._status(estimate(self.shape, setup), setup)
         return all(status.get(key, FITS) == FITS for key in ("GPU", "host RAM"))
@@ -637,6 +649,21 @@ class Plan:
             text += (f", or add --save_only_model (about {gib(self.needs.disk_weights)} a checkpoint, but no "
                      "resuming from it)")
         return text
+
+
+# The order to pick a mode in, fastest first where the semantics are the user's own, as measured on GPT-2 XL's
+# shapes on an H200 (docs/gpu-runs.md): the bf16 mode keeps clipping and accumulation; stepped in the backward it
+# was 1.11x faster but has neither; the fp16 mode is the one for a GPU without bf16; with the state on the host
+# every step copies it both ways; the classic recipe is the slowest and needs the most host RAM.
+PREFERENCE = (
+    ("bf16 mode", "the fastest mode that keeps gradient clipping and accumulation (2.0-2.4x the classic recipe)"),
+    ("bf16, in backward", "the bf16 mode's gradients do not fit; stepping each weight in the backward pass frees "
+                          "them, without clipping or accumulation"),
+    ("fp16 mode", "the mode for a GPU without bf16 (1.5x the classic recipe), everything on the card"),
+    ("bf16, in backward, state on host", "the optimizer state does not fit the GPU: it stays in host RAM and each "
+                                         "weight's is copied in for its step, which sets the speed"),
+    ("classic recipe", "no mode without DeepSpeed fits the GPU: the Adam state goes to host RAM"),
+)
 
 
 def mode_setups(s: Setup, vocab: int):

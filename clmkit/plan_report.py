@@ -138,6 +138,9 @@ def report(plan) -> str:
         modes = plan.modes()
         width = max(len(name) for name, _, _ in modes) + 2
         lines += [f"  {name:<{width}}{verdict}   ({flags})" for name, flags, verdict in modes]
+        choice = plan.choice()
+        lines.append(f"  choice: the {choice[0]}: {choice[2]}" if choice else
+                     "  choice: none fits this machine at this batch (each mode's GPU and host RAM above)")
     checks = ", ".join(f"{key} {value}" for key, value in plan.status.items())
     change = plan.change()
     lines.append(f"verdict: {plan.verdict} ({checks})" + (f"\n  change: {change}" if change else ""))

@@ -278,3 +278,16 @@ def test_the_plan_against_measured_gpu_peaks(family, changes, measured_gib):
     shape = model_shape(CONFIG_MAPPING[config.pop("model_type")](**config))
     setup = dataclasses.replace(BF16_MODE, chunk_tokens=chunk_tokens_for(shape.vocab), **changes)
     assert estimate(shape, setup).gpu / GiB == pytest.approx(measured_gib, rel=0.15)
+
+
+def test_the_plan_chooses_the_fastest_mode_that_fits_and_says_why(xl, gptj):
+    """GPT-2 XL on a 16 GiB bf16 GPU: the bf16 mode; on one without bf16: the fp16 mode; GPT-J 6B with 64 GiB of
+    RAM: only the state on the host fits; with 16 GiB of RAM nothing does, and the report says so."""
+    assert Plan(xl, BF16_MODE, machine(), "out").choice()[0] == "bf16 mode"
+    assert Plan(xl, BF16_MODE, machine(bf16=False), "out").choice()[0] == "fp16 mode"
+    name, flags, why = Plan(gptj, GPTJ_STEPPED, machine(ram_gib=64), "out").choice()
+    assert name == "bf16, in backward, state on host" and "--optimizer_state_on_host" in flags
+    assert "host RAM" in why
+    assert Plan(gptj, GPTJ_STEPPED, machine(ram_gib=16), "out").choice() is None
+    assert "choice: none fits this machine" in report(Plan(gptj, GPTJ_STEPPED, machine(ram_gib=16), "out"))
+    assert "choice: the bf16 mode: the fastest" in report(Plan(xl, BF16_MODE, machine(), "out"))
