@@ -69,6 +69,11 @@ CONFIGS = {
     # separate step): one micro-batch of 16 instead of 8 x 2, and no gradient clipping, which it cannot do.
     "bf16-adam8bit-sr-compile-inbackward": Config(None, (*BF16_8BIT_SR, "--torch_compile", "--optimizer_in_backward",
                                                          "--max_grad_norm", "0", *batch(16, 1))),
+    # The mode for models whose state does not fit the card: stepped in the backward, the 8-bit state in host RAM,
+    # copied to the GPU weight by weight.
+    "bf16-adam8bit-sr-inbackward-host": Config(None, (*BF16_8BIT_SR, "--optimizer_in_backward",
+                                                      "--optimizer_state_on_host", "--max_grad_norm", "0",
+                                                      *batch(16, 1))),
     # The LM head as it is (50,257 rows) instead of padded to 50,304 for the chunked loss's matmuls.
     "bf16-adam8bit-sr-unpadded": Config(None, (*BF16_8BIT_SR, "--no_padded_lm_head", *batch(8, 2))),
     # A card without bf16 (T4, V100, P100), acted out by CLM_ASSUME_NO_BF16 on a 15 GiB cap (a T4's usable memory):

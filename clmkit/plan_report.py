@@ -172,7 +172,9 @@ def buffers_text(s, needs):
     if s.deepspeed:
         return "DeepSpeed's gradient buckets and offload staging"
     if needs.gpu_buffers:
-        return "the low-bit optimizer's working memory" + (": one weight's step at a time" if s.in_backward else "")
+        return ("the low-bit optimizer's working memory: one weight's step at a time"
+                + (", its state copied in from host RAM" if s.state_on_host else "")
+                + (", beyond the activations it follows" if s.in_backward else ""))
     return "none" + (" (DDP's buckets are the gradients)" if s.ranks * s.nodes > 1 else "")
 
 
