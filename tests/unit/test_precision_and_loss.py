@@ -7,7 +7,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from clmkit.loading import training_dtype
-from clmkit.loss import chunked_causal_lm_loss_sum
+from clmkit.loss import CHUNK_LOGITS, chunk_tokens_for, chunked_causal_lm_loss_sum
 from conftest import FAMILIES
 
 
@@ -80,3 +80,12 @@ def test_weights_read_onto_a_device_arrive_there_in_the_training_dtype(tiny_mode
     model = _build_for_training(model_args, config, torch.float16, torch.device("cpu"))
     assert {p.dtype for p in model.parameters()} == {torch.float16}
     assert {p.device.type for p in model.parameters()} == {"cpu"}
+
+
+@pytest.mark.parametrize("vocab, tokens", [(50257, 2048), (128256, 768), (151936, 640), (262144, 384),
+                                           (2_000_000, 128)])
+def test_a_larger_vocabulary_takes_fewer_tokens_a_chunk(vocab, tokens):
+    """A loss chunk holds about as many logits for any vocabulary as for GPT-2's (whose 2048 tokens measured well),
+    in whole multiples of 128 tokens, and never fewer than 128."""
+    assert chunk_tokens_for(vocab) == tokens
+    assert tokens * vocab <= CHUNK_LOGITS or tokens == 128
