@@ -85,39 +85,35 @@ def test_bad_arguments_are_one_line_each_and_list_shows_the_rows():
 def test_parity_compares_eval_curves_from_the_same_init(tiny_model, corpus, tmp_path):
     """bench/parity.py on the CPU: ds_config_zero1.json and the classic ZeRO-2 config from the same saved init and
     seed give the same eval curve (ZeRO-1 only moves gradients to CPU RAM once a step instead of after every
-    micro-batch); the table, JSON and picture are written."""
+    micro-batch); the table, JSON and picture are written. The classic row runs once, alone; the zero1 run reads it
+    back from its .json (--classic_from), as a later run of other rows would."""
     from bench import parity
 
     prefix = tmp_path / "docs" / "parity"
-    code = parity.main(["--tiny", str(tiny_model), "--use_cpu", "--block_size", "64", "--steps", "12",
-                        "--eval_steps", "6", "--configs", "zero1", "--work_dir", str(tmp_path / "work"),
-                        "--out_prefix", str(prefix)])
-    assert code == 0
+    common = ["--tiny", str(tiny_model), "--use_cpu", "--block_size", "64", "--steps", "12", "--eval_steps", "6",
+              "--work_dir", str(tmp_path / "work")]
+    assert parity.main([*common, "--configs", "classic", "--out_prefix", str(prefix)]) == 0
     with open(str(prefix) + ".json") as f:
-        rows = {row["name"]: row for row in json.load(f)["rows"]}
-    assert list(rows) == ["classic", "zero1"]
-    assert [step for step, _ in rows["classic"]["eval"]] == [6, 12]
-    assert rows["classic"]["eval"][-1][1] < rows["classic"]["eval"][0][1]  # it learns
-    assert [loss for _, loss in rows["zero1"]["eval"]] == pytest.approx([loss for _, loss in rows["classic"]["eval"]],
-                                                                        rel=1e-4)
-    assert rows["zero1"]["within_tolerance"] is True
-    assert "| zero1 | " in (tmp_path / "docs" / "parity.md").read_text()
-    assert (tmp_path / "docs" / "parity.png").stat().st_size > 1000
+        [classic] = json.load(f)["rows"]
+    assert classic["name"] == "classic" and [step for step, _ in classic["eval"]] == [6, 12]
+    assert classic["eval"][-1][1] < classic["eval"][0][1]  # it learns
 
-    # A row against the classic row just run, read back from the .json (--classic_from), not run again.
     again = tmp_path / "docs" / "again"
     classic_log = tmp_path / "work" / "logs" / "parity-classic.log"
     written = classic_log.stat().st_mtime_ns
-    code = parity.main(["--tiny", str(tiny_model), "--use_cpu", "--block_size", "64", "--steps", "12",
-                        "--eval_steps", "6", "--configs", "zero1", "--work_dir", str(tmp_path / "work"),
-                        "--out_prefix", str(again), "--classic_from", str(prefix) + ".json"])
+    code = parity.main([*common, "--configs", "zero1", "--out_prefix", str(again),
+                        "--classic_from", str(prefix) + ".json"])
     assert code == 0
     with open(str(again) + ".json") as f:
-        rerun = {row["name"]: row for row in json.load(f)["rows"]}
-    assert list(rerun) == ["classic", "zero1"]
-    assert rerun["classic"]["eval"] == rows["classic"]["eval"] and classic_log.stat().st_mtime_ns == written
-    assert rerun["zero1"]["within_tolerance"] is True
-    assert "an earlier run's" in (tmp_path / "docs" / "again.md").read_text()
+        rows = {row["name"]: row for row in json.load(f)["rows"]}
+    assert list(rows) == ["classic", "zero1"]
+    assert rows["classic"]["eval"] == classic["eval"] and classic_log.stat().st_mtime_ns == written  # not run again
+    assert [loss for _, loss in rows["zero1"]["eval"]] == pytest.approx([loss for _, loss in classic["eval"]],
+                                                                        rel=1e-4)
+    assert rows["zero1"]["within_tolerance"] is True
+    text = (tmp_path / "docs" / "again.md").read_text()
+    assert "| zero1 | " in text and "an earlier run's" in text
+    assert (tmp_path / "docs" / "again.png").stat().st_size > 1000
 
     # A stored run of other settings is refused before anything runs.
     with pytest.raises(UsageError, match="--classic_from .*12 steps.*8 steps"):
