@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 14, one call: 300-step parity of the bf16 mode with --torch_compile at 12 layers (classic row from
+# One GPU call: 300-step parity of the bf16 mode with --torch_compile at 12 layers (classic row from
 # docs/parity-fp16.json, same settings), then the 48-layer benchmark with every row profiled at steps 12-13.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT"  # where the results go

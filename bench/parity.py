@@ -93,7 +93,8 @@ def main(argv=None):
     table = report.parity_table(rows)
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     source = f"\nThe classic row is an earlier run's ({rows[0]['note']}).\n" if rows[0].get("note") else ""
-    text = f"# Quality parity against the classic recipe\n\n{title.replace(chr(10), ', ')} · {when}\n{source}\n{table}\n"
+    heading = f"# Quality parity against the classic recipe\n\n{title.replace(chr(10), ', ')} · {when}\n"
+    text = f"{heading}{source}\n{table}\n"
     os.makedirs(os.path.dirname(os.path.abspath(args.out_prefix)), exist_ok=True)
     with open(args.out_prefix + ".md", "w", encoding="utf-8") as f:
         f.write(text)

@@ -201,7 +201,7 @@ def speed_switches(config, model_args, training_args) -> str:
     return f"{gelu}; {head}; {compiled}"
 
 
-def compile_blocks(model, backend=None, mode=None) -> int:
+def compile_blocks(model, backend=None, mode=None) -> tuple:
     """torch.compile each of the model's repeated blocks in place (GPT2Block, LlamaDecoderLayer: the classes
     Transformers keeps whole when it splits a model over devices), not the whole model: the blocks share one
     compiled graph, so the compile takes one block's time, and the fused layer norms, residual adds, dropout and

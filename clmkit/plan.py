@@ -193,17 +193,17 @@ def _int_or_auto(value):
 
 
 
-def setup_from_args(training_args, block_size, ds_config=None, model_args=None, config=None) -> Setup:
-    """The Setup the flags and the DeepSpeed config (a dict, already read) describe."""
+def setup_from_args(training_args, block_size, ds_config=None, model_args=None, config=None,
+                    vocab=50257) -> Setup:
+    """The Setup the flags and the DeepSpeed config (a dict, already read) describe; vocab: the LM head's rows
+    (ModelShape.vocab), which size the loss's chunks."""
     zero = (ds_config or {}).get("zero_optimization") or {}
     optimizer = zero.get("offload_optimizer") or {}
     params = zero.get("offload_param") or {}
     ranks, nodes, launcher = local_ranks()
     save_strategy = getattr(training_args.save_strategy, "value", training_args.save_strategy)
     stage = int(zero.get("stage", 0)) if training_args.deepspeed else 0
-    vocab = getattr(config.get_text_config() if hasattr(config, "get_text_config") else config, "vocab_size", 0) \
-        if config is not None else 0
-    chunk = chunk_tokens_for(vocab or 50257) if getattr(training_args, "chunked_loss", False) else 0
+    chunk = chunk_tokens_for(vocab) if getattr(training_args, "chunked_loss", False) else 0
     deepspeed = training_args.deepspeed
     in_backward = bool(getattr(training_args, "optimizer_in_backward", False)) and not deepspeed
     return Setup(
@@ -723,6 +723,6 @@ def make_plan(config, tokenizer, model_args, training_args, block_size, ds_confi
         raise UsageError(f"{source}: {getattr(config, 'model_type', '?')} is not a causal language model "
                          f"({str(err).splitlines()[0][:120]}); use a decoder such as gpt2") from None
     block_size = block_size or context_length(config)  # its own problem is reported by the checks
-    setup = setup_from_args(training_args, block_size, ds_config, model_args, config)
+    setup = setup_from_args(training_args, block_size, ds_config, model_args, config, shape.vocab)
     machine = probe_machine(training_args.output_dir, setup.ranks, every_gpu=getattr(training_args, "plan", False))
     return Plan(shape, setup, machine, training_args.output_dir)

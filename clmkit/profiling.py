@@ -75,7 +75,8 @@ def summarize(events, wall_s, first, last):
                  f"{(wall_s - busy) * 1000 / steps:,.1f} ms a step (the GPU waiting for the host)")
     by_kind, by_name = {}, {}
     for e in kernels:
-        by_kind[kind_of(e.name)] = by_kind.get(kind_of(e.name), 0.0) + e.time_range.elapsed_us()
+        kind = kind_of(e.name)
+        by_kind[kind] = by_kind.get(kind, 0.0) + e.time_range.elapsed_us()
         count, total = by_name.get(e.name, (0, 0.0))
         by_name[e.name] = (count + 1, total + e.time_range.elapsed_us())
     total = sum(by_kind.values())
