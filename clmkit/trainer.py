@@ -14,12 +14,12 @@ import torch._inductor.config
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from accelerate.utils import DistributedDataParallelKwargs
-from torchao.optim import AdamW8bit
 from transformers import Trainer, TrainerCallback, default_data_collator
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_pt_utils import nested_gather
 
 from . import dtypecheck, profiling, testhooks
+from .adamw8bit import AdamW8bit, TorchaoAdamW8bit
 from .checkpoints import RunFlags, RunShape, saved_record
 from .cpucomm import ReleaseSharedMemory
 from .fp16_adamw import Fp16AdamW8bit, ScaleGradient
@@ -44,10 +44,12 @@ class ClmTrainer(Trainer):
     loss_before_resume = 0.0  # the summed step losses of the run up to the checkpoint it resumed from
     scaled_optimizer = None  # the fp16 mode's optimizer, which keeps the loss scale
 
-    # -- the fp16 mode: its optimizer, the loss scale on the backward pass, the gradient norm in fp32
+    # -- the optimizer: torchao's 8-bit AdamW with its step compiled once, the fp16 mode's, or either in the backward
 
     def get_optimizer_cls_and_kwargs(self, args, model=None):
         optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+        if optimizer_cls is TorchaoAdamW8bit:
+            optimizer_cls = AdamW8bit
         if model is not None and fp16_mode(model, args):
             return Fp16AdamW8bit, dict(kwargs, max_grad_norm=args.max_grad_norm)
         if getattr(args, "optimizer_in_backward", False):
@@ -59,12 +61,14 @@ class ClmTrainer(Trainer):
         optimizer = super().create_optimizer(model)
         if isinstance(optimizer, Fp16AdamW8bit):
             self.scaled_optimizer = optimizer
-        if issubclass(getattr(optimizer, "inner_cls", type(optimizer)), AdamW8bit):
+        if issubclass(getattr(optimizer, "inner_cls", type(optimizer)), TorchaoAdamW8bit):
             # torchao compiles its step, a few kernels (and --torch_compile one block); Inductor's default pool of
             # compile workers, one process per core with torch imported in each, would take gigabytes of host RAM a
             # small machine does not have.
             torch._inductor.config.compile_threads = 1
         return optimizer
+
+    # -- the fp16 mode: the loss scale on the backward pass, the gradient norm in fp32
 
     def _clip_grad_norm(self, model):
         # The Trainer would clip the scaled fp16 gradients, and sum their norm in fp16, where it overflows; the
