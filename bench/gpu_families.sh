@@ -3,10 +3,14 @@
 # drawn on the GPU and saved in bf16 once (drawing 3-6B weights on the CPU takes minutes), a tokenizer trained on
 # the Shakespeare text (each model keeps its own vocabulary, so the LM heads are full size). Each runs in the mode
 # `--plan` chooses for it, 20 steps; the plan of each is printed first.
-#   OUT=/tmp/out bash bench/gpu_families.sh [qwen] [llama] [llama-gpu-state] [gptj]   (default: all four)
+#   OUT=/tmp/out DEADLINE=540 bash bench/gpu_families.sh [qwen] [llama] [llama-gpu-state] [gptj]   (default: all four)
+# DEADLINE: seconds from the start after which a run still going is stopped (its figures so far are kept), so that
+# one slow run does not cost the results of those before it.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT/logs"  # where the results go
 t0=$(date +%s)
+DEADLINE=${DEADLINE:-86400}
+left() { local s=$(( DEADLINE - ($(date +%s) - t0) )); echo $(( s > 1 ? s : 1 )); }
 export CLM_GPU_MEMORY_GIB=16
 BF16="--bf16 --dtype bfloat16 --optim adamw_torch_8bit --optim_args bf16_stochastic_round=True --chunked_loss"
 STEPPED="--optimizer_in_backward --max_grad_norm 0 --gradient_accumulation_steps 1"
@@ -26,9 +30,10 @@ model() {  # family: the saved model's folder, made once
 run() {  # name, family, flags...
   local name=$1 family=$2; shift 2
   local folder; folder=$(model $family)
-  CLM_ASSUME_GPU_GIB=16 python run_clm.py --model_name_or_path $folder $COMMON "$@" --output_dir /tmp/$name --plan \
+  CLM_ASSUME_GPU_GIB=16 timeout $(left) python run_clm.py --model_name_or_path $folder $COMMON "$@" --output_dir /tmp/$name --plan \
     > $OUT/logs/$name-plan.txt 2>&1
-  python run_clm.py --model_name_or_path $folder $COMMON "$@" --output_dir /tmp/$name > $OUT/logs/$name.log 2>&1
+  timeout -k 30 $(left) python run_clm.py --model_name_or_path $folder $COMMON "$@" --output_dir /tmp/$name \
+    > $OUT/logs/$name.log 2>&1
   echo "$name rc=$? $(( $(date +%s) - t0 )) s"; grep -E "^  peak|choice" $OUT/logs/$name-plan.txt
   cat /tmp/$name/run_stats.json /tmp/$name/eval_results.json 2>/dev/null; rm -rf /tmp/$name
 }
