@@ -33,7 +33,8 @@ from clmkit.loading import load_model_for_training, speed_switches  # noqa: E402
 from clmkit.machine import TreeMemorySampler, apply_gpu_memory_cap, first_process, settle_cpu_threads  # noqa: E402
 from clmkit.plan import make_plan  # noqa: E402
 from clmkit.plan_report import report, startup_summary, stop_problems  # noqa: E402
-from clmkit.trainer import build_trainer, describe, save_final_model, stop_signal  # noqa: E402
+from clmkit.trainer import (add_host_peak_through_save, build_trainer, describe, save_final_model,  # noqa: E402
+                            stop_signal)
 
 import torch.distributed as dist  # noqa: E402
 from transformers import set_seed  # noqa: E402
@@ -153,6 +154,7 @@ def train(trainer, training_args, train_set):
         leave_process_group(training_args)
         sys.exit(128 + received)
     save_final_model(trainer, training_args.output_dir)
+    add_host_peak_through_save(trainer)
     metrics = dict(result.metrics, train_samples=len(train_set))
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)

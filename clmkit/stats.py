@@ -1,6 +1,8 @@
 """What a run cost, measured: s/step, tokens/s, peak GPU and host memory, time from launch to the first step.
 
-Written to output_dir/run_stats.json by rank 0; the benchmark and docs/gpu-runs.md read it.
+Written to output_dir/run_stats.json by rank 0 at the end of training; the benchmark and docs/gpu-runs.md read it.
+Once the final model is written, the host peak through that save is added: writing model.safetensors copies every
+weight to the CPU, and --plan's host RAM figure covers it.
 """
 
 import json
@@ -40,13 +42,17 @@ class RunStatsCallback(TrainerCallback):
             "tokens_per_step": self.tokens_per_step,
             "tokens_per_s": self.tokens_per_step / s_per_step if s_per_step else None,
             "time_to_first_step_s": self.first_step_at - self.launched if self.first_step_at else None,
-            "peak_host_rss_gib": self.host.stop() / GiB,
+            "peak_host_rss_gib": self._host_peak() / GiB,
         }
         if torch.cuda.is_available():
             stats["peak_gpu_allocated_gib"] = torch.cuda.max_memory_allocated() / GiB
             stats["peak_gpu_reserved_gib"] = torch.cuda.max_memory_reserved() / GiB
             stats["gpu"] = torch.cuda.get_device_name()
         return stats
+
+    def _host_peak(self):
+        self.host.sample()
+        return self.host.peak
 
     def on_train_end(self, args, state, control, optimizer=None, **kwargs):
         stats = self.summary()
@@ -58,3 +64,15 @@ class RunStatsCallback(TrainerCallback):
                 json.dump(stats, f, indent=2)
             print("run stats: " + json.dumps({k: round(v, 3) if isinstance(v, float) else v
                                               for k, v in stats.items()}), flush=True)
+
+    def add_peak_through_save(self, is_main_process):
+        """After the final model is written: the host peak from launch through that save, into run_stats.json."""
+        peak = self.host.stop()
+        if not is_main_process or not os.path.exists(self.path):
+            return
+        with open(self.path, encoding="utf-8") as f:
+            stats = json.load(f)
+        stats["peak_host_rss_through_save_gib"] = peak / GiB
+        with open(self.path, "w", encoding="utf-8") as f:
+            json.dump(stats, f, indent=2)
+        print(f"host RAM peak through the final save: {peak / GiB:.2f} GiB", flush=True)

@@ -294,6 +294,12 @@ def stop_signal(trainer):
     return stop.received
 
 
+def add_host_peak_through_save(trainer):
+    """run_stats.json gains the host peak through the final save (called once the final model is written)."""
+    stats = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, RunStatsCallback))
+    stats.add_peak_through_save(trainer.is_world_process_zero())
+
+
 def save_final_model(trainer, output_dir):
     """Write the final model beside output_dir, then move it in file by file with os.replace: each file is either
     the old or the new one, never half-written, and weights go last."""

@@ -1,5 +1,8 @@
 """run_stats.json's figures: what each one covers."""
 
+import json
+from types import SimpleNamespace
+
 import psutil
 
 from clmkit.machine import GiB, TreeMemorySampler
@@ -16,3 +19,20 @@ def test_the_host_peak_covers_what_the_run_held_before_training(tmp_path):
     del loaded
     stats = RunStatsCallback(str(tmp_path), tokens_per_step=1024, host_memory=sampler).summary()
     assert stats["peak_host_rss_gib"] >= held / GiB > 0.5
+
+
+def test_the_peak_through_the_final_save_is_added_after_training(tmp_path):
+    """Writing the final model copies every weight to the CPU after training ended: run_stats.json keeps the
+    training peak and gains the peak through that save, which --plan's host RAM figure covers."""
+    callback = RunStatsCallback(str(tmp_path), tokens_per_step=1024,
+                                host_memory=TreeMemorySampler(root=psutil.Process()))
+    callback.on_train_end(None, SimpleNamespace(is_world_process_zero=True), None)
+    with open(tmp_path / "run_stats.json") as f:
+        during_training = json.load(f)["peak_host_rss_gib"]
+    copies = bytearray(768 * 1024 * 1024)  # the weights' CPU copies of a save
+    copies[::4096] = b"\x01" * len(copies[::4096])
+    callback.add_peak_through_save(is_main_process=True)
+    with open(tmp_path / "run_stats.json") as f:
+        stats = json.load(f)
+    assert stats["peak_host_rss_gib"] == during_training
+    assert stats["peak_host_rss_through_save_gib"] > during_training + 0.7
