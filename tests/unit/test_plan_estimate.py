@@ -260,6 +260,7 @@ MEASURED_PEAKS = [
     ("gpt2-xl IB 16", XL, dict(micro_batch=16, accumulation=1, in_backward=True), 14.21),
     ("qwen2.5-1.5b B 8x2", QWEN, dict(micro_batch=8, accumulation=2), 11.62),
     ("llama-3.2-3b IB host 8", LLAMA, dict(micro_batch=8, accumulation=1, in_backward=True, state_on_host=True), 11.07),
+    ("llama-3.2-3b IB 2", LLAMA, dict(micro_batch=2, accumulation=1, in_backward=True), 15.86),
     ("gpt-j-6b IB host 2", GPTJ, dict(micro_batch=2, accumulation=1, in_backward=True, state_on_host=True), 14.25),
     ("gpt-j-6b IB host 1", GPTJ, dict(micro_batch=1, accumulation=1, in_backward=True, state_on_host=True), 13.92),
     ("gpt-j-6b IB 1", GPTJ, dict(micro_batch=1, accumulation=1, in_backward=True), 24.98),
@@ -278,6 +279,19 @@ def test_the_plan_against_measured_gpu_peaks(family, changes, measured_gib):
     shape = model_shape(CONFIG_MAPPING[config.pop("model_type")](**config))
     setup = dataclasses.replace(BF16_MODE, chunk_tokens=chunk_tokens_for(shape.vocab), **changes)
     assert estimate(shape, setup).gpu / GiB == pytest.approx(measured_gib, rel=0.15)
+
+
+def test_the_plan_host_ram_against_a_peak_measured_through_the_final_save():
+    """Llama-3.2-3B's shapes with the state on the host, loaded from a saved bf16 model on an H200 (docs/gpu-runs.md):
+    the host peak through the final save was 17.52 GiB (run_stats.json's peak_host_rss_through_save_gib; 11.54
+    while training). The plan counts the CUDA worker, the pinned 8-bit state and the save's CPU copy of the weights."""
+    from transformers import CONFIG_MAPPING
+
+    config = dict(LLAMA)
+    shape = model_shape(CONFIG_MAPPING[config.pop("model_type")](**config))
+    setup = dataclasses.replace(BF16_MODE, chunk_tokens=chunk_tokens_for(shape.vocab), micro_batch=8, accumulation=1,
+                                in_backward=True, state_on_host=True, cuda=True, pretrained=True)
+    assert estimate(shape, setup).host / GiB == pytest.approx(17.52, rel=0.15)
 
 
 def test_the_plan_chooses_the_fastest_mode_that_fits_and_says_why(xl, gptj):
