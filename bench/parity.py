@@ -85,25 +85,31 @@ def main(argv=None):
         rows, names = [classic], names[1:]
     raise_if_any(problems)
     prepared = runner.prepare(settings, names)
+    text = write_results(args.out_prefix, first_line, rows) if rows else ""
     for name in names:
         print(f"parity: {name}: {args.steps} steps, eval every {args.eval_steps}", flush=True)
         rows.append(report.parity_row(runner.run_row(name, settings, prepared)))
         print(f"parity: {name}: {rows[-1]['status']}", flush=True)
+        text = write_results(args.out_prefix, first_line, rows)  # after every row: a time limit keeps those done
+    print(text)
+    return 0 if all(row["status"] == "ok" for row in rows) else 1
+
+
+def write_results(out_prefix, first_line, rows):
+    """OUT_PREFIX.md, .json and .png of the rows so far; returns the .md's text."""
     title = first_line + "\n" + ", ".join(f"{k} {v}" for k, v in report.versions().items())
     table = report.parity_table(rows)
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     source = f"\nThe classic row is an earlier run's ({rows[0]['note']}).\n" if rows[0].get("note") else ""
     heading = f"# Quality parity against the classic recipe\n\n{title.replace(chr(10), ', ')} · {when}\n"
     text = f"{heading}{source}\n{table}\n"
-    os.makedirs(os.path.dirname(os.path.abspath(args.out_prefix)), exist_ok=True)
-    with open(args.out_prefix + ".md", "w", encoding="utf-8") as f:
+    os.makedirs(os.path.dirname(os.path.abspath(out_prefix)), exist_ok=True)
+    with open(out_prefix + ".md", "w", encoding="utf-8") as f:
         f.write(text)
-    with open(args.out_prefix + ".json", "w", encoding="utf-8") as f:
+    with open(out_prefix + ".json", "w", encoding="utf-8") as f:
         json.dump({"title": title, "when": when, "rows": rows}, f, indent=1)
-    report.plot_curves(rows, args.out_prefix + ".png", title)
-    print(text)
-    return 0 if all(row["status"] == "ok" for row in rows) else 1
-
+    report.plot_curves(rows, out_prefix + ".png", title)
+    return text
 
 if __name__ == "__main__":
     run_cli(lambda argv: sys.exit(main(argv)))
