@@ -89,7 +89,7 @@ def load_config(model_args):
 
 def _apply_overrides(config, overrides: str):
     """The config with key=value pairs applied, each checked on its own so that every bad one is named."""
-    problems = []
+    problems, before = [], config.to_dict()
     for pair in overrides.split(","):
         key, _, value = pair.partition("=")
         if not key.strip() or not value.strip():
@@ -104,13 +104,26 @@ def _apply_overrides(config, overrides: str):
             problems.append(f"--config_overrides {overrides}: {pair.strip()}: {err}{known}")
     if problems:
         raise UsageError(*problems)
-    # Fields the config derives from others when it is made (Qwen2's layer_types, one per layer) are derived again
-    # from the new values, unless an override set them itself.
+    return _derived_again(config, before, named={pair.partition("=")[0].strip() for pair in overrides.split(",")})
+
+
+def _derived_again(config, before, named):
+    """The config rebuilt with the fields it derives from others when it is made worked out again from the new
+    values, unless an override named them: Qwen2's layer_types (one per layer), and Llama's head_dim (hidden size
+    over heads) where the config had derived it. A head_dim the model sets on its own (Gemma's) is kept."""
     values = config.to_dict()
-    if "layer_types" in values and "layer_types" not in overrides:
-        del values["layer_types"]
-        return type(config).from_dict(values)
-    return config
+    stale = set()
+    if "layer_types" in values:
+        stale.add("layer_types")
+    hidden, heads = before.get("hidden_size"), before.get("num_attention_heads")
+    if hidden and heads and before.get("head_dim") == hidden // heads:
+        stale.add("head_dim")
+    stale -= named
+    if not stale:
+        return config
+    for key in stale:
+        values.pop(key, None)
+    return type(config).from_dict(values)
 
 
 def hub_options(model_args) -> dict:

@@ -77,14 +77,21 @@ def test_pushing_to_the_hub_needs_it_online_and_a_token(monkeypatch, tmp_path):
     assert hub_problems(SimpleNamespace(push_to_hub=False, hub_token=None)) == []
 
 
-def test_config_overrides_rederive_what_the_config_derives_from_them():
-    """Qwen2's config keeps one layer type per layer, made from num_hidden_layers when the config is made: overriding
-    the layer count left 32 layer types for 2 layers, and building the model failed."""
+def overridden(model_type, overrides):
     from clmkit.loading import load_config
 
-    model_args = SimpleNamespace(model_type="qwen2", config_name=None, model_name_or_path=None, cache_dir=None,
-                                 model_revision="main", token=None, trust_remote_code=False,
-                                 config_overrides="hidden_size=64,num_hidden_layers=2,num_attention_heads=4")
-    config = load_config(model_args)
+    return load_config(SimpleNamespace(model_type=model_type, config_name=None, model_name_or_path=None,
+                                       cache_dir=None, model_revision="main", token=None, trust_remote_code=False,
+                                       config_overrides=overrides))
+
+
+def test_config_overrides_rederive_what_the_config_derives_from_them():
+    """Qwen2's config keeps one layer type per layer, made from num_hidden_layers when the config is made: overriding
+    the layer count left 32 layer types for 2 layers, and building the model failed. Llama's keeps head_dim, made
+    from the hidden size over the heads: overriding those left 128 (4096 / 32), a model of other shapes than asked."""
+    config = overridden("qwen2", "hidden_size=64,num_hidden_layers=2,num_attention_heads=4")
     assert config.num_hidden_layers == 2 and len(config.layer_types) == 2 and config.hidden_size == 64
     config.validate()
+    assert overridden("llama", "hidden_size=64,num_hidden_layers=2,num_attention_heads=4").head_dim == 16
+    assert overridden("llama", "hidden_size=64,num_attention_heads=4,head_dim=32").head_dim == 32  # named: kept
+    assert overridden("gemma", "hidden_size=64,num_attention_heads=4").head_dim == 256  # Gemma's own, not derived
