@@ -5,7 +5,7 @@ N steps of Shakespeare each, eval loss on validation.csv every K steps; one pict
     python bench/parity.py --configs bf16-adam8bit-sr --steps 300 --n_layer 48 --out_prefix docs/parity
 
 Rows are throughput.py's (CONFIGS), run to the end with evaluation on. Writes OUT_PREFIX.md, .json and .png:
-the final eval loss of every row and its relative difference to the classic one (the issue asks for 2% or less).
+the final eval loss of every row and its relative difference to the classic one (the issues ask for 1% or less).
 """
 
 import argparse

@@ -78,11 +78,12 @@ def test_markdown_cells():
 
 def test_parity_table_compares_final_eval_losses_with_classic():
     rows = [{"name": "classic", "status": "ok", "eval": [(6, 3.0), (12, 2.0)]},
-            {"name": "fast", "status": "ok", "eval": [(6, 3.1), (12, 2.03)]},
+            {"name": "fast", "status": "ok", "eval": [(6, 3.1), (12, 2.018)]},
             {"name": "faster", "status": "ok", "eval": [(6, 3.1), (12, 2.1)]},
             {"name": "broken", "status": "failed", "error": "exit code 1"}]
     table = report.parity_table(rows).splitlines()
-    assert rows[1]["relative_difference"] == pytest.approx(0.015) and rows[1]["within_tolerance"] is True
+    assert rows[1]["relative_difference"] == pytest.approx(0.009) and rows[1]["within_tolerance"] is True
     assert rows[2]["within_tolerance"] is False
-    assert table[2:] == ["| classic | 2.0000 | +0.00% | yes |", "| fast | 2.0300 | +1.50% | yes |",
+    assert table[0] == "| configuration | final eval loss | vs classic | within 1% |"
+    assert table[2:] == ["| classic | 2.0000 | +0.00% | yes |", "| fast | 2.0180 | +0.90% | yes |",
                          "| faster | 2.1000 | +5.00% | no |", "| broken | failed: exit code 1 | | |"]
