@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Resume across GPU counts on a machine with 2 GPUs, GPT-2 XL shapes (random weights, no download), 16 sequences per
-# optimizer step in every run; MODE=deepspeed (default: fp16, the shipped ds_config.json, whose ZeRO optimizer state
-# is converted to DeepSpeed's universal format for the other count) or MODE=bf16 (the bf16 mode: no DeepSpeed, DDP on
-# two GPUs, every process holding the whole optimizer state):
-#   A  2 GPUs x 8 x 1 accumulation, steps 1-20, checkpoint at 10          (the uninterrupted 2-GPU run)
-#   B  1 GPU  x 8 x 2, resumes A's checkpoint-10 and runs to 20           (2 -> 1)
-#   C  1 GPU  x 8 x 2, steps 1-20, checkpoint at 10                       (the uninterrupted 1-GPU run)
-#   D  2 GPUs x 8 x 1, resumes C's checkpoint-10 and runs to 20           (1 -> 2)
+# Resume across GPU counts, GPT-2 XL shapes (random weights, no download), 16 sequences per optimizer step in every
+# run, on WIDE GPUs (default 2) and NARROW (default 1): micro-batch 16/WIDE, accumulation 1 on WIDE and WIDE/NARROW
+# on NARROW (WIDE=4 NARROW=2 on a 4-GPU machine: 4 x 1 on 4 GPUs, 4 x 2 on 2).
+# MODE=deepspeed (default: fp16, the shipped ds_config.json, whose ZeRO optimizer state is converted to DeepSpeed's
+# universal format for the other count) or MODE=bf16 (the bf16 mode: no DeepSpeed, DDP on several GPUs, every
+# process holding the whole optimizer state). The four runs, at the default counts:
+#   A  2 GPUs x 8 x 1 accumulation, steps 1-20, checkpoint at 10          (the uninterrupted WIDE run)
+#   B  1 GPU  x 8 x 2, resumes A's checkpoint-10 and runs to 20           (WIDE -> NARROW)
+#   C  1 GPU  x 8 x 2, steps 1-20, checkpoint at 10                       (the uninterrupted NARROW run)
+#   D  2 GPUs x 8 x 1, resumes C's checkpoint-10 and runs to 20           (NARROW -> WIDE)
 # then export_model.py on D's final checkpoint, and a table of B against A and D against C.
 #   bash bench/gpu_resume_across_gpus.sh RUN_DIR LOG_DIR [N_LAYER]
 # PAIRS="AB" or PAIRS="CD" runs one half (e.g. to stay under a 10-minute limit per command); default both.
@@ -18,6 +20,11 @@ run_dir=${1:?usage: gpu_resume_across_gpus.sh RUN_DIR LOG_DIR [N_LAYER]}
 log_dir=${2:?}
 n_layer=${3:-48}
 pairs=${PAIRS:-AB CD}
+wide=${WIDE:-2} narrow=${NARROW:-1}
+if (( 16 % wide || wide % narrow )); then
+  echo "WIDE=$wide NARROW=$narrow: WIDE must divide 16 and NARROW divide WIDE" >&2; exit 2
+fi
+micro=$(( 16 / wide )) accumulation=$(( wide / narrow ))
 case ${MODE:-deepspeed} in
   deepspeed) engine=(--deepspeed ds_config.json --fp16) ;;
   bf16) engine=(--bf16 --dtype bfloat16 --optim adamw_torch_8bit --optim_args bf16_stochastic_round=True --chunked_loss) ;;
@@ -44,15 +51,15 @@ run() {  # run NAME GPUS MICRO ACCUMULATION [flags...]
 }
 
 if [[ " $pairs " == *" AB "* ]]; then
-  run A 2 8 1
+  run A "$wide" "$micro" 1
   rm -rf "$run_dir/A/checkpoint-20"
-  run B 1 8 2 --resume_from_checkpoint "$run_dir/A/checkpoint-10" --save_strategy no
+  run B "$narrow" "$micro" "$accumulation" --resume_from_checkpoint "$run_dir/A/checkpoint-10" --save_strategy no
   rm -rf "$run_dir/A/checkpoint-10"
 fi
 if [[ " $pairs " == *" CD "* ]]; then
-  run C 1 8 2
+  run C "$narrow" "$micro" "$accumulation"
   rm -rf "$run_dir/C/checkpoint-20"
-  run D 2 8 1 --resume_from_checkpoint "$run_dir/C/checkpoint-10"
+  run D "$wide" "$micro" 1 --resume_from_checkpoint "$run_dir/C/checkpoint-10"
   rm -rf "$run_dir/C/checkpoint-10"
   python3 export_model.py "$run_dir/D/checkpoint-20" "$run_dir/D-fp32" > "$log_dir/export.log" 2>&1
   echo "export: exit code $?"; tail -1 "$log_dir/export.log"
