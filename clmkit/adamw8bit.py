@@ -14,6 +14,15 @@ import torch
 from torchao.optim import AdamW8bit as TorchaoAdamW8bit
 from torchao.optim.adam import single_param_adam
 
+# torchao quantizes a state tensor in blocks of 256 elements, and only one of at least 4096 elements that splits into
+# whole blocks; the others stay in the weights' dtype (fp32 in the fp16 mode's optimizer).
+QUANTIZED_BLOCK, QUANTIZED_MIN = 256, 4096
+
+
+def quantized(numel, block_size=QUANTIZED_BLOCK):
+    """Whether torchao keeps the state of a weight of `numel` elements in 8 bits."""
+    return numel >= QUANTIZED_MIN and numel % block_size == 0
+
 
 @functools.cache
 def compiled_update():

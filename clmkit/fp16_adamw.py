@@ -20,6 +20,8 @@ import torch
 from torchao.optim import AdamW8bit
 from torchao.optim.subclass_8bit import OptimState8bit
 
+from .adamw8bit import quantized
+
 INITIAL_SCALE = 2.0**16
 SCALE_WINDOW = 1000  # good steps before the scale doubles (DeepSpeed's default loss_scale_window)
 MIN_SCALE = 1.0
@@ -89,7 +91,7 @@ class Fp16AdamW8bit(AdamW8bit):
         return OptimState8bit.zeros(p.shape, signed, block_size, p.device, dtype=torch.float32)
 
     def _new_buffer(self, p, signed):
-        if p.numel() >= 4096 and p.numel() % self.block_size == 0:
+        if quantized(p.numel(), self.block_size):
             return self._subclass_zeros(p, signed, self.block_size)
         return torch.zeros(p.shape, dtype=torch.float32, device=p.device)
 

@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM
 
 from .data import context_length
 from .errors import UsageError
+from .adamw8bit import QUANTIZED_BLOCK, quantized
 from .loading import optim_name, training_dtype
 from .loss import chunk_tokens_for
 from .machine import GiB, Machine, gib, gpu_here, local_ranks, probe_machine
@@ -355,13 +356,11 @@ def activation_bytes(shape, setup, act_bytes):
 # Bytes of optimizer state a parameter for the low-bit AdamWs --optim offers (m and v, plus their block scales)
 OPTIMIZER_STATE_BYTES = {"adamw_torch_8bit": 2, "adamw_torch_4bit": 1, "adamw_bnb_8bit": 2, "adamw_8bit": 2,
                          "paged_adamw_8bit": 2}
-# torchao quantizes a state tensor in blocks of 256 elements, only one of at least 4096 elements that splits into
-# whole blocks; the others stay in the weights' dtype, or fp32 in the fp16 mode (clmkit/fp16_adamw.py).
-QUANTIZED_BLOCK, QUANTIZED_MIN = 256, 4096
 
 
 def unquantized_elements(shape: ModelShape) -> int:
-    return sum(n for n, _ in shape.sizes if n < QUANTIZED_MIN or n % QUANTIZED_BLOCK)
+    """Elements of the weights whose state torchao does not quantize (clmkit/adamw8bit.py's rule)."""
+    return sum(n for n, _ in shape.sizes if not quantized(n))
 
 
 def host_state_bytes(shape, setup, optimizer_state, weight_bytes):

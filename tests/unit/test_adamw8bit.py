@@ -58,3 +58,16 @@ def test_the_trainer_trains_with_it_for_adamw_torch_8bit(tmp_path):
     args = TrainingArguments(output_dir=str(tmp_path), optim="adamw_torch_8bit", use_cpu=True, report_to=[])
     optimizer_cls, _ = ClmTrainer.get_optimizer_cls_and_kwargs(None, args)
     assert optimizer_cls is AdamW8bit
+
+
+def test_the_quantize_rule_the_plan_and_the_fp16_mode_use_is_torchaos():
+    """clmkit.adamw8bit.quantized says which weights' state is 8-bit for the plan and the fp16 mode's optimizer:
+    it must agree with what torchao's optimizer actually makes."""
+    from torchao.optim.subclass_8bit import OptimState8bit
+
+    from clmkit.adamw8bit import quantized
+
+    optimizer = AdamW8bit([torch.nn.Parameter(torch.zeros(1))])
+    for numel in (64, 4095, 4096, 4352, 4097, 50257 * 64, 1600 * 4800):
+        made = optimizer._new_buffer(torch.zeros(numel), signed=True)
+        assert quantized(numel) == isinstance(made, OptimState8bit), numel
