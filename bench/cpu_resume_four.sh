@@ -4,7 +4,7 @@
 # of 64 tokens with a checkpoint at 6 (A); then its checkpoint-6 resumed on NARROW processes (default 2) with the
 # same 8 sequences a step and run to 12 (B); the eval losses of both printed. MODE=deepspeed (default: the shipped
 # ds_config.json, its ZeRO state converted to the universal format) or MODE=bf16 (the bf16 mode's engine: DDP, the
-# state as it is; on CPU processes only NARROW=1 loads it, torch cannot map its 'cpu:0' storages onto several).
+# state as it is).
 #   bash bench/cpu_resume_four.sh WORK_DIR
 set -uo pipefail
 work=${1:?usage: cpu_resume_four.sh WORK_DIR}

@@ -1,12 +1,14 @@
 """Which checkpoint a run continues from: rerunning the same command resumes, also on another number of GPUs."""
 
 import argparse
+import functools
 import json
 import os
 import re
 import shutil
 import time
 
+import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
@@ -19,6 +21,15 @@ FINAL_FILES = ("config.json", "generation_config.json", "model.safetensors", "mo
                "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
                "chat_template.jinja", "training_args.bin", "trainer_state.json", "train_results.json",
                "eval_results.json", "all_results.json", "loss.png", "run_stats.json")
+
+
+@functools.cache
+def allow_loading_onto_indexed_cpu():
+    """Let torch.load map storages to "cpu:<n>". The Trainer of several processes loads the optimizer state onto each
+    process's device, and on the CPU that is such a device, which torch's own CPU deserializer refuses ("cpu" only):
+    a checkpoint of the bf16 mode could not resume on several CPU processes. A CPU storage belongs there as it is."""
+    torch.serialization.register_package(30, lambda storage: None,
+                                         lambda storage, location: storage if location.startswith("cpu:") else None)
 
 
 def is_complete(path: str) -> bool:

@@ -20,7 +20,7 @@ from transformers.trainer_pt_utils import nested_gather
 
 from . import dtypecheck, profiling, testhooks
 from .adamw8bit import AdamW8bit, TorchaoAdamW8bit
-from .checkpoints import RunFlags, RunShape, saved_record
+from .checkpoints import RunFlags, RunShape, allow_loading_onto_indexed_cpu, saved_record
 from .cpucomm import ReleaseSharedMemory
 from .fp16_adamw import Fp16AdamW8bit, ScaleGradient
 from .in_backward import OptimizerInBackward
@@ -264,6 +264,7 @@ def build_trainer(model, tokenizer, training_args, block_size, train_set, eval_s
                   "runs as it is", flush=True)
         training_args.torch_compile = False
         training_args.torch_compile_backend = training_args.torch_compile_mode = None
+    allow_loading_onto_indexed_cpu()  # a resume on several CPU processes
     tokens_per_step = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
                        * training_args.world_size * block_size)
     stop = StopOnSignal()

@@ -235,8 +235,8 @@ def test_the_bf16_modes_engine_on_two_processes_trains_like_one(two_8bit, one_8b
 def test_a_checkpoint_of_the_bf16_modes_engine_resumes_on_another_number_of_processes(two_8bit, one_8bit, model,
                                                                                       corpus, tmp_path):
     """Without DeepSpeed every process holds the whole optimizer state: the checkpoint goes on as it is, 2 -> 1 here.
-    (1 -> 2 runs on GPUs, bench/gpu_resume_across_gpus.sh: on CPU processes torch cannot map the 8-bit state's
-    'cpu:0' storages back when the Trainer loads them onto its multi-process CPU device.)"""
+    (Onto more processes: bench/cpu_resume_four.sh, 4 -> 2, and tests/unit/test_resume_rules.py for the CPU device
+    the Trainer loads onto there; bench/gpu_resume_across_gpus.sh on GPUs.)"""
     (source, _), processes, flags, other = two_8bit, 1, ONE, one_8bit
     out, log = resume(processes, source / f"checkpoint-{SAVE_EVERY}", model, corpus, tmp_path, [*flags, *EIGHT_BIT],
                       ds_config=None)

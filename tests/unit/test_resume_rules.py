@@ -65,3 +65,16 @@ def test_a_second_ctrl_c_stops_at_once(stop):
     other = StopOnSignal()
     other._on_signal(signal.SIGTERM, None)
     assert other.received == signal.SIGTERM  # a cloud's notice alone is reported as what it is
+
+
+def test_a_checkpoint_loads_onto_an_indexed_cpu_device(tmp_path):
+    """The Trainer of several CPU processes loads optimizer.pt onto each process's device, "cpu:<n>"; torch's own
+    CPU deserializer takes "cpu" only, and a bf16-mode checkpoint could not resume on 2 CPU processes."""
+    import torch
+
+    from clmkit.checkpoints import allow_loading_onto_indexed_cpu
+
+    torch.save({"state": torch.arange(3.0)}, tmp_path / "optimizer.pt")
+    allow_loading_onto_indexed_cpu()
+    loaded = torch.load(tmp_path / "optimizer.pt", map_location=torch.device("cpu", 0), weights_only=True)
+    assert torch.equal(loaded["state"], torch.arange(3.0)) and loaded["state"].device.type == "cpu"
