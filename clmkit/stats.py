@@ -73,6 +73,7 @@ class RunStatsCallback(TrainerCallback):
         with open(self.path, encoding="utf-8") as f:
             stats = json.load(f)
         stats["peak_host_rss_through_save_gib"] = peak / GiB
-        with open(self.path, "w", encoding="utf-8") as f:
+        with open(self.path + ".tmp", "w", encoding="utf-8") as f:
             json.dump(stats, f, indent=2)
+        os.replace(self.path + ".tmp", self.path)  # whoever reads it mid-way gets the old file whole, or the new
         print(f"host RAM peak through the final save: {peak / GiB:.2f} GiB", flush=True)
