@@ -3,9 +3,9 @@
 # drawn on the GPU and saved in bf16 once (drawing 3-6B weights on the CPU takes minutes), a tokenizer trained on
 # the Shakespeare text (each model keeps its own vocabulary, so the LM heads are full size). Each runs in the mode
 # `--plan` chooses for it, 20 steps; the plan of each is printed first.
-#   OUT=/tmp/out DEADLINE=540 bash bench/gpu_families.sh [qwen] [llama] [llama-gpu-state] [gptj]   (default: all four)
-# STEPS: steps a run (default 20). DEADLINE: seconds from the start after which a run still going is stopped (its figures so far are kept), so that
-# one slow run does not cost the results of those before it.
+#   OUT=/tmp/out DEADLINE=540 bash bench/gpu_families.sh [qwen] [llama] [llama-gpu-state] [gptj]   (default: all)
+# STEPS: steps a run (default 20). DEADLINE: seconds from the start after which a run still going is stopped (its
+# figures so far are kept), so that one slow run does not cost the results of those before it.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT/logs"  # where the results go
 t0=$(date +%s)
@@ -14,8 +14,8 @@ left() { local s=$(( DEADLINE - ($(date +%s) - t0) )); echo $(( s > 1 ? s : 1 ))
 export CLM_GPU_MEMORY_GIB=16
 BF16="--bf16 --dtype bfloat16 --optim adamw_torch_8bit --optim_args bf16_stochastic_round=True --chunked_loss"
 STEPPED="--optimizer_in_backward --max_grad_norm 0 --gradient_accumulation_steps 1"
-COMMON="--train_file train.csv --validation_file validation.csv --do_train --do_eval --max_steps ${STEPS:-20} --logging_steps 5
-  --report_to none --block_size 1024 --save_strategy no --per_device_eval_batch_size 2"
+COMMON="--train_file train.csv --validation_file validation.csv --do_train --do_eval --max_steps ${STEPS:-20}
+  --logging_steps 5 --report_to none --block_size 1024 --save_strategy no --per_device_eval_batch_size 2"
 declare -A SHAPES=(
   [qwen]="qwen2 hidden_size=1536,intermediate_size=8960,num_hidden_layers=28,num_attention_heads=12,num_key_value_heads=2,vocab_size=151936,tie_word_embeddings=True"
   [llama]="llama hidden_size=3072,intermediate_size=8192,num_hidden_layers=28,num_attention_heads=24,num_key_value_heads=8,head_dim=128,vocab_size=128256,tie_word_embeddings=True"
@@ -30,8 +30,8 @@ model() {  # family: the saved model's folder, made once
 run() {  # name, family, flags...
   local name=$1 family=$2; shift 2
   local folder; folder=$(model $family)
-  CLM_ASSUME_GPU_GIB=16 timeout $(left) python run_clm.py --model_name_or_path $folder $COMMON "$@" --output_dir /tmp/$name --plan \
-    > $OUT/logs/$name-plan.txt 2>&1
+  CLM_ASSUME_GPU_GIB=16 timeout $(left) python run_clm.py --model_name_or_path $folder $COMMON "$@" \
+    --output_dir /tmp/$name --plan > $OUT/logs/$name-plan.txt 2>&1
   timeout -k 30 $(left) python run_clm.py --model_name_or_path $folder $COMMON "$@" --output_dir /tmp/$name \
     > $OUT/logs/$name.log 2>&1
   echo "$name rc=$? $(( $(date +%s) - t0 )) s"; grep -E "^  peak|choice" $OUT/logs/$name-plan.txt
