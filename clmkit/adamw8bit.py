@@ -32,6 +32,19 @@ def compiled_update():
 class AdamW8bit(TorchaoAdamW8bit):
     """torchao's AdamW8bit; only the step's host work changes."""
 
+    def advanced_state(self, p, group):
+        """p's state for the step about to be taken: made (8-bit where torchao quantizes) at its first step, its step
+        count advanced."""
+        state = self.state[p]
+        if not state:
+            state["step"] = torch.tensor(0.0)
+            state["exp_avg"] = self._new_buffer(p, True)
+            state["exp_avg_sq"] = self._new_buffer(p, False)
+            if group["amsgrad"]:
+                state["max_exp_avg_sq"] = self._new_buffer(p, False)
+        state["step"] += 1
+        return state
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
@@ -48,14 +61,7 @@ class AdamW8bit(TorchaoAdamW8bit):
                 for p in group["params"]:
                     if p.grad is None:
                         continue
-                    state = self.state[p]
-                    if not state:
-                        state["step"] = torch.tensor(0.0)
-                        state["exp_avg"] = self._new_buffer(p, True)
-                        state["exp_avg_sq"] = self._new_buffer(p, False)
-                        if group["amsgrad"]:
-                            state["max_exp_avg_sq"] = self._new_buffer(p, False)
-                    state["step"] += 1
+                    state = self.advanced_state(p, group)
                     update(p.detach(), p.grad, state["step"], state["exp_avg"], state["exp_avg_sq"],
                            state.get("max_exp_avg_sq"), group["lr"], group["betas"][0], group["betas"][1],
                            group["weight_decay"], group["eps"], self.is_adamw,

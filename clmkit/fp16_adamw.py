@@ -17,10 +17,9 @@ import functools
 import math
 
 import torch
-from torchao.optim import AdamW8bit
 from torchao.optim.subclass_8bit import OptimState8bit
 
-from .adamw8bit import quantized
+from .adamw8bit import AdamW8bit, quantized
 
 INITIAL_SCALE = 2.0**16
 SCALE_WINDOW = 1000  # good steps before the scale doubles (DeepSpeed's default loss_scale_window)
@@ -123,12 +122,7 @@ class Fp16AdamW8bit(AdamW8bit):
                 for p in group["params"]:
                     if p.grad is None:
                         continue
-                    state = self.state[p]
-                    if not state:
-                        state["step"] = torch.tensor(0.0)
-                        state["exp_avg"] = self._new_buffer(p, True)
-                        state["exp_avg_sq"] = self._new_buffer(p, False)
-                    state["step"] += 1
+                    state = self.advanced_state(p, group)
                     _update_for(p)(p.detach(), p.grad, state["step"], state["exp_avg"], state["exp_avg_sq"],
                                    group["lr"], group["betas"][0], group["betas"][1], group["weight_decay"],
                                    group["eps"], factor)
