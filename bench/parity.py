@@ -111,5 +111,6 @@ def write_results(out_prefix, first_line, rows):
     report.plot_curves(rows, out_prefix + ".png", title)
     return text
 
+
 if __name__ == "__main__":
     run_cli(lambda argv: sys.exit(main(argv)))

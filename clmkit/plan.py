@@ -586,12 +586,12 @@ class Plan:
     def choice(self):
         """(mode, its flags, why) of the mode to train in on this machine at this batch: the first in PREFERENCE
         whose GPU and host RAM fit (else the first that is tight); None when none can."""
-        verdicts = {name: verdict for name, _, verdict in self.modes()}
-        flags = {name: flag for name, flag, _ in mode_setups(self.setup, self.shape.vocab)}
+        modes = {name: (flags, verdict) for name, flags, verdict in self.modes()}
         for wanted in (FITS, TIGHT):
             for name, why in PREFERENCE:
-                if verdicts[name].startswith(wanted):
-                    return name, flags[name], why + ("" if wanted == FITS else "; tight: a smaller micro-batch "
+                flags, verdict = modes[name]
+                if verdict.startswith(wanted):
+                    return name, flags, why + ("" if wanted == FITS else "; tight: a smaller micro-batch "
                                                      "leaves more room")
         return None
 

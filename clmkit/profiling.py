@@ -92,9 +92,7 @@ def summarize(events, wall_s, first, last):
         lines.append(f"| {kind} | {us / 1000 / steps:,.1f} | {us / total:.0%} |")
     lines += ["", "| top kernels | calls a step | ms a step | share |", "|---|---:|---:|---:|"]
     for name, (count, us) in sorted(by_name.items(), key=lambda item: -item[1][1])[:15]:
-        short = name if len(name) <= 90 else name[:87] + "..."
-        lines.append(f"| `{short.replace('|', '/')}` | {count / steps:g} | {us / 1000 / steps:,.2f} | "
-                     f"{us / total:.1%} |")
+        lines.append(f"| {cell(name)} | {count / steps:g} | {us / 1000 / steps:,.2f} | {us / total:.1%} |")
     lines += host_table(events, steps)
     return "\n".join(lines) + "\n"
 
@@ -109,9 +107,14 @@ def host_table(events, steps):
     lines = ["", "| top host operations (own time, lengthened by the profiler) | calls a step | ms a step |",
              "|---|---:|---:|"]
     for name, (count, us) in sorted(by_name.items(), key=lambda item: -item[1][1])[:12]:
-        short = name if len(name) <= 90 else name[:87] + "..."
-        lines.append(f"| `{short.replace('|', '/')}` | {count / steps:g} | {us / 1000 / steps:,.2f} |")
+        lines.append(f"| {cell(name)} | {count / steps:g} | {us / 1000 / steps:,.2f} |")
     return lines
+
+
+def cell(name):
+    """A kernel's or operation's name as a table cell: at most 90 characters, no column bar."""
+    short = name if len(name) <= 90 else name[:87] + "..."
+    return f"`{short.replace('|', '/')}`"
 
 
 class ProfileSteps(TrainerCallback):
