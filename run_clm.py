@@ -22,10 +22,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # clmkit/ beside
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 from clmkit import checks  # noqa: E402  (first: clmkit quiets the libraries' known-harmless messages)
-from clmkit.args import deepspeed_config, parse_args  # noqa: E402
+from clmkit.args import deepspeed_config, parse_args, with_flags  # noqa: E402
 from clmkit.buildlocks import clear_stale_build_locks  # noqa: E402
 from clmkit.checkpoints import (delete_replaced_runs, finished_at, prepare_resume, resume_point,  # noqa: E402
-                                what_a_rerun_finds)  # noqa: E402
+                                what_a_rerun_finds, written_with)  # noqa: E402
 from clmkit.cpucomm import prepare_deepspeed_on_cpu, release_shared_memory  # noqa: E402
 from clmkit.data import load_raw_texts, make_sequences, split_sequences, tokenize_texts  # noqa: E402
 from clmkit.errors import UsageError, raise_if_any, run_cli  # noqa: E402
@@ -44,7 +44,8 @@ def main(argv=None):
     apply_gpu_memory_cap()  # before anything touches the GPU
     settle_cpu_threads()  # before the flags are parsed: TrainingArguments starts the process group
     model_args, data_args, training_args, refused = parse_arguments(argv)
-    config, tokenizer, block_size, plan = check_inputs(model_args, data_args, training_args, refused)
+    model_args, data_args, training_args, config, tokenizer, block_size, plan = check_inputs(
+        model_args, data_args, training_args, refused)
     if training_args.plan:  # --plan: the whole plan, nothing loaded
         show(report(plan))
         return
@@ -84,20 +85,31 @@ def check_inputs(model_args, data_args, training_args, refused):
     """Everything a user can get wrong, checked before the model is loaded; every problem reported at once.
 
     Data files, --output_dir, the DeepSpeed config against the flags, --fp16/--bf16 against this machine, the model
-    config and tokenizer (not the weights), --block_size, and the memory plan: host RAM or disk that clearly cannot
-    hold the run stops it here. Whether the text fills enough blocks is known only once it is tokenized: load_data
-    reports that, still before the model loads."""
+    config and tokenizer (not the weights), --block_size, the mode to train in (the plan settles it and the run takes
+    on its flags) and the memory plan: host RAM or disk that clearly cannot hold the run stops it here. Whether the
+    text fills enough blocks is known only once it is tokenized: load_data reports that, still before the model
+    loads. (model_args, data_args, training_args, config, tokenizer, block_size, plan)."""
     ds_config = copy.deepcopy(deepspeed_config(training_args))
     problems, config, tokenizer, block_size = checks.find_problems(model_args, data_args, training_args, ds_config)
     problems = refused + problems
     plan = None
     if config is not None:
+        resumed = checks.attempt(problems, written_with, training_args) if training_args.do_train else None
+        plan = checks.attempt(problems, make_plan, config, tokenizer, model_args, training_args,
+                              block_size, ds_config, resumed)
+    if plan is not None:
+        problems += plan.problems
+    if plan is not None and not problems:  # the run as its mode trains it: the mode's flags taken on
+        model_args, data_args, training_args = with_flags(training_args, plan.flags)
+        training_args.mode_reason, training_args.mode_changes = plan.how, plan.changes
+        ds_config = copy.deepcopy(deepspeed_config(training_args))
+        problems += checks.mode_problems(model_args, training_args, ds_config)
         plan = checks.attempt(problems, make_plan, config, tokenizer, model_args, training_args,
                               block_size, ds_config)
     if plan is not None and training_args.do_train and not training_args.plan:
         problems += stop_problems(plan)  # --plan shows them as its verdict instead
     raise_if_any(problems)
-    return config, tokenizer, block_size, plan
+    return model_args, data_args, training_args, config, tokenizer, block_size, plan
 
 
 def show(text):

@@ -12,9 +12,10 @@ from typing import Optional
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
+from . import modes
 from .checks import deepspeed_file_problems, machine_precision_problems, number_problems, out_of_range
 from .errors import UsageError
-from .machine import GPU_OVERRIDE, env_gib, first_process, read_json_object
+from .machine import CARDS, GPU_OVERRIDE, assume_machine, env_gib, first_process, read_json_object
 
 
 @dataclass
@@ -135,6 +136,21 @@ class DataArguments:
 class ClmTrainingArguments(TrainingArguments):
     """TrainingArguments with the defaults this tool wants."""
 
+    mode: str = field(
+        default=modes.AUTO,
+        metadata={"help": "The way to train. auto (the default): the fastest that fits this machine, as --plan shows: "
+                          "on a 16 GB card with bf16 the bf16 mode (stepped in the backward where the batch fits one "
+                          "micro-batch), on a card without bf16 the fp16 mode, for a 3-7B model the 8-bit state in "
+                          "host RAM, without a GPU fp32. Or one of: classic (DeepSpeed ZeRO-2, Adam state in CPU RAM; "
+                          "under the deepspeed launcher), bf16, bf16-in-backward, bf16-state-on-host, fp16, fp32 "
+                          "(docs/modes.md). A rerun goes on in the mode its checkpoint was written in.",
+                  "choices": [modes.AUTO, *modes.NAMES]},
+    )
+    machine: Optional[str] = field(
+        default=None,
+        metadata={"help": "With --plan: plan for a machine you do not have, a card by name (" + ", ".join(CARDS)
+                          + ") or its figures, e.g. gpu=15,ram=12.7,bf16=no (a free notebook's T4: --machine t4)."},
+    )
     gradient_checkpointing: bool = field(
         default=True,
         metadata={"help": "Recompute activations in the backward pass: the memory that lets GPT-2 XL fit 16 GB. "
@@ -148,7 +164,8 @@ class ClmTrainingArguments(TrainingArguments):
     chunked_loss: bool = field(
         default=False,
         metadata={"help": "Compute the loss over the vocabulary in chunks so the full fp32 logits never exist: "
-                          "saves several GB at micro-batch 8 on GPT-2 XL, room for a larger micro-batch."},
+                          "saves several GB at micro-batch 8 on GPT-2 XL, room for a larger micro-batch. On in every "
+                          "mode but classic and fp32; --chunked_loss False turns it off."},
     )
     padded_lm_head: bool = field(
         default=True,
@@ -175,9 +192,15 @@ class ClmTrainingArguments(TrainingArguments):
         default=False,
         metadata={"help": "Check the flags, print the memory plan (GPU, host RAM and disk needed against what this "
                           "machine has, a verdict and the one change most likely to make it fit) and exit, without "
-                          "loading data or weights. CLM_ASSUME_GPU_GIB=16 plans for a 16 GiB GPU this machine "
-                          "lacks."},
+                          "loading data or weights. --machine plans for a machine you do not have."},
     )
+    # Filled by parse_args and the mode's settling, not flags: the flags the command line gave (field -> value), its
+    # flags as read, and why the run trains in its mode and what that changes (the start-up summary says both).
+    given_flags: dict = field(default_factory=dict, init=False, repr=False)
+    command_flags: list = field(default_factory=list, init=False, repr=False)
+    mode_reason: str = field(default="", init=False, repr=False)
+    mode_changes: list = field(default_factory=list, init=False, repr=False)
+
     prediction_loss_only: bool = field(
         default=True,
         metadata={"help": "Evaluate the loss only; keeping GPT-2 XL's logits for every eval token would fill memory."},
@@ -232,9 +255,10 @@ def translate_legacy_flags(argv: list[str]) -> list[str]:
 
 DESCRIPTION = """Fine-tune every parameter of a causal language model on your text, on one or more GPUs.
 
-  deepspeed --num_gpus=1 run_clm.py --deepspeed ds_config.json --model_name_or_path gpt2-xl \\
-      --train_file train.csv --validation_file validation.csv --do_train --do_eval --fp16 --output_dir finetuned
+  python run_clm.py --model_name_or_path gpt2-xl --train_file train.csv --validation_file validation.csv \\
+      --do_train --do_eval --output_dir finetuned
 
+--mode auto (the default) trains in the fastest way that fits this machine; --plan shows which and why.
 Flags can also come from one JSON file of {"flag": value} pairs (python run_clm.py args.json); flags after the
 file override its values. Rerunning the same command resumes from the newest checkpoint in --output_dir.
 This tool's own flags come first below, then those of Transformers' Trainer."""
@@ -258,13 +282,16 @@ def make_parser():
     return parser
 
 
-def parse_args(argv=None):
+def parse_args(argv=None, notices=True):
     """(model_args, data_args, training_args, refused) from flags, or one .json file of them and flags after it that
     override its values. `refused` holds one line for each flag TrainingArguments itself refused; those flags are
-    set aside (to their defaults) so that the checks can still report every other problem in the same run."""
+    set aside (to their defaults) so that the checks can still report every other problem in the same run.
+    training_args.given_flags holds the flags the command line gave, by field, with their values as read."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = make_parser()
-    argv = translate_legacy_flags(_with_json_file_flags(argv))
+    argv = _with_json_file_flags(argv)
+    argv = translate_legacy_flags(argv) if notices else _translated_quietly(argv)
+    _plan_for_another_machine(parser, argv)
     refused = []
     try:
         model_args, data_args, training_args, unknown = parser.parse_args_into_dataclasses(
@@ -279,9 +306,58 @@ def parse_args(argv=None):
         if first_process():
             print("notice: --do_eval without --do_train: evaluating without DeepSpeed (ZeRO has an evaluation-only "
                   "mode for stage 3 alone; the 16-bit or fp32 weights fit the GPU without it)", file=sys.stderr)
-        return parse_args(_without_flag(argv, "--deepspeed"))
-    settle_warmup(training_args)
+        return parse_args(_without_flag(argv, "--deepspeed"), notices)
+    settle_warmup(training_args, notices)
+    training_args.command_flags = argv
+    training_args.given_flags = given_flags(argv, parser, (model_args, data_args, training_args))
     return model_args, data_args, training_args, refused
+
+
+def with_flags(training_args, flags: dict):
+    """(model_args, data_args, training_args) parsed again from the command's flags with `flags` (field -> value)
+    after them, so that those win: the flags of the mode a run settled in. What the command line gave stays
+    recorded as given."""
+    extra = []
+    for key, value in flags.items():
+        if value is not None:
+            extra += [f"--{key}", str(value)]
+    model_args, data_args, new_args, _ = parse_args(training_args.command_flags + extra, notices=False)
+    new_args.given_flags = training_args.given_flags
+    return model_args, data_args, new_args
+
+
+def given_flags(argv, parser, parsed):
+    """{field: its value as read} of each flag on the command line (--name, --name=value, --no_name)."""
+    dests = set()
+    for word in argv:
+        action = parser._option_string_actions.get(word.split("=", 1)[0]) if word.startswith("--") else None
+        if action is not None:
+            dests.add(action.dest)
+    values = {}
+    for arguments in parsed:
+        for name in dests & {f.name for f in dataclasses.fields(arguments)}:
+            value = getattr(arguments, name)
+            values[name] = getattr(value, "value", value)  # enums (--optim) as the text given
+    return values
+
+
+def _plan_for_another_machine(parser, argv):
+    """--machine NAME|FIGURES with --plan: this process plans for that machine (machine.py's assumed figures)."""
+    values = vars(parser.parse_known_args(argv)[0])
+    if not values.get("machine"):
+        return
+    if not values.get("plan"):
+        raise UsageError(f"--machine {values['machine']}: only with --plan (a run trains on this machine's own GPU); "
+                         "add --plan, or drop --machine")
+    assume_machine(values["machine"])
+
+
+def _translated_quietly(argv):
+    import contextlib
+    import io
+
+    with contextlib.redirect_stderr(io.StringIO()):
+        return translate_legacy_flags(argv)
 
 
 def _set_aside_refused(err, parser, argv):
@@ -326,13 +402,13 @@ def deepspeed_config(training_args):
     return training_args.hf_deepspeed_config.config
 
 
-def settle_warmup(training_args):
+def settle_warmup(training_args, notices=True):
     """DeepSpeed's warmup schedulers refuse 0 warmup steps, which is what "auto" gives without --warmup_steps."""
     scheduler_params = (deepspeed_config(training_args) or {}).get("scheduler", {}).get("params", {})
     if scheduler_params.get("warmup_num_steps") == "auto" and training_args.warmup_steps == 0:
         # DeepSpeed warms up over at least 2 steps whatever it is given; 1 asks for exactly that minimum.
         training_args.warmup_steps = 1
-        if first_process():
+        if first_process() and notices:
             print("notice: no --warmup_steps given; the DeepSpeed scheduler warms up over its minimum of 2 steps")
 
 

@@ -14,6 +14,7 @@ from transformers.trainer_callback import ExportableState
 
 from .errors import UsageError
 from .machine import first_process, gib
+from .modes import NAMES as MODE_NAMES
 
 CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 # Files a finished run leaves at the top of output_dir, beside its checkpoint-<step> folders.
@@ -177,6 +178,8 @@ class RunFlags(TrainerCallback, ExportableState):
     def __init__(self, training_args=None):
         values = {name: getattr(training_args, name) for name in RESUMED_FLAGS} if training_args else {}
         self.values = {name: getattr(value, "value", value) for name, value in values.items()}  # enums as text
+        if training_args is not None:
+            self.values["mode"] = getattr(training_args, "mode", None)  # a rerun goes on in it (written_with)
 
     def state(self):
         return {"args": {"values": self.values}, "attributes": {}}
@@ -213,6 +216,20 @@ def changed_flag_notices(checkpoint, training_args):
         notices.append(f"notice: --{name} is {now} here and {saved[name]} in {checkpoint}: {winner} value, {goes_on}, "
                        f"is used from here on ({why}); --overwrite_output_dir starts again from step 0 with {now}")
     return notices
+
+
+def written_with(training_args):
+    """What the checkpoint a rerun goes on from was written with: {"path", "mode" (None for a checkpoint of a release
+    without modes), "split" ((micro-batch, accumulation) or None)}; None when the run starts from step 0."""
+    path = training_args.resume_from_checkpoint
+    if not path and not training_args.overwrite_output_dir:
+        path = newest_complete_checkpoint(training_args.output_dir)
+    if not path or not is_complete(path):
+        return None
+    shape = saved_record(path, RunShape)
+    mode = (saved_record(path, RunFlags) or {}).get("values", {}).get("mode")
+    return {"path": path, "mode": mode if mode in MODE_NAMES else None,
+            "split": (shape["micro_batch"], shape["accumulation"]) if shape else None}
 
 
 def saved_record(checkpoint, callback):

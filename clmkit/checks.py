@@ -48,6 +48,16 @@ def find_problems(model_args, data_args, training_args, ds_config):
     return problems, config, tokenizer, block_size
 
 
+def mode_problems(model_args, training_args, ds_config):
+    """The checks the flags a mode sets could fail, run again once the run has taken them on."""
+    problems = machine_precision_problems(training_args.fp16, training_args.bf16, training_args.use_cpu,
+                                          assume_gpu=getattr(training_args, "plan", False)
+                                          and bool(os.environ.get(GPU_OVERRIDE)))
+    problems += deepspeed_problems(training_args.deepspeed, ds_config, training_args)
+    problems += optimizer_package_problems(optim_name(training_args))
+    return problems + dtype_problems(model_args, training_args) + in_backward_problems(training_args)
+
+
 def attempt(problems, function, *args, **kwargs):
     """function(*args, **kwargs), or None with its UsageError's lines added to `problems`."""
     try:

@@ -29,6 +29,39 @@ NO_BF16_OVERRIDE = "CLM_ASSUME_NO_BF16"  # set (1): the GPU has no bf16, as a T4
 GPU_CAP = "CLM_GPU_MEMORY_GIB"
 
 
+# Machines people train on, for --plan --machine NAME: (GPU GiB usable, host RAM GiB, bf16).
+CARDS = {
+    "t4": (15, 12.7, False),  # a free notebook's T4
+    "2xt4": (15, 29, False),  # a notebook with two T4s: per GPU, and the host RAM they share
+    "v100": (16, 32, False),
+    "p100": (16, 16, False),
+    "16gb-bf16": (16, 32, True),  # an A4000, RTX 4080 or 5060 Ti 16 GB in a 32 GB desktop
+    "24gb-bf16": (24, 32, True),  # an RTX 3090 or 4090
+    "a100-40gb": (40, 85, True),
+}
+
+
+def assume_machine(spec):
+    """Plan for another machine: a card of CARDS by name, or its figures (gpu=GiB,ram=GiB,bf16=yes|no). Sets the
+    figures this process reads instead of its own (the CLM_ASSUME_* variables); --plan only, so nothing is trained."""
+    name = spec.strip().lower()
+    if name in CARDS:
+        gpu, ram, bf16 = CARDS[name]
+    else:
+        figures = dict(part.partition("=")[::2] for part in name.split(",") if part.strip())
+        try:
+            gpu, ram = float(figures.pop("gpu")), float(figures.pop("ram"))
+            bf16 = {"yes": True, "no": False, "true": True, "false": False}[figures.pop("bf16", "yes")]
+            if figures or gpu <= 0 or ram <= 0:
+                raise ValueError
+        except (KeyError, ValueError):
+            raise UsageError(f"--machine {spec}: give a card ({', '.join(CARDS)}) or its figures, e.g. "
+                             "gpu=15,ram=12.7,bf16=no") from None
+    os.environ[GPU_OVERRIDE] = f"{gpu:g}"
+    os.environ[HOST_RAM_OVERRIDE] = f"{ram:g}"
+    os.environ[NO_BF16_OVERRIDE] = "0" if bf16 else "1"
+
+
 def gib(n_bytes) -> str:
     """Bytes as a person reads them: 12.3 GiB, 1.23 GiB, 512 MiB."""
     if n_bytes >= 10 * GiB:
@@ -277,3 +310,16 @@ def read_deepspeed_config(path):
     if isinstance(path, dict):
         return path
     return read_json_object(path, "--deepspeed ", "start from the shipped ds_config.json")
+
+
+def same_on_every_process(value):
+    """rank 0's `value` on every process of a launched run (each process probes its own GPU and the RAM free at its
+    own moment: a choice made from them must still be the same everywhere); `value` itself otherwise."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    dist.broadcast_object_list(box, src=0, device=device)
+    return box[0]

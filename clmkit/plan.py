@@ -20,7 +20,9 @@ from .errors import UsageError
 from .adamw8bit import QUANTIZED_BLOCK, quantized
 from .loading import optim_name, training_dtype
 from .loss import chunk_tokens_for
-from .machine import GiB, Machine, gib, gpu_here, local_ranks, probe_machine
+from .machine import GiB, Machine, gib, gpu_here, local_ranks, probe_machine, same_on_every_process
+from . import modes
+from .modes import MODES, PARITY_BAR, contradictions
 
 # Resident memory of one worker before any model state: Python and the libraries imported, the data tokenized, the
 # Trainer built (the tiny test model's peak host RSS, whose states are kilobytes).
@@ -135,6 +137,7 @@ class Setup:
     weights: str = "fp32"  # what a weight is loaded in on the CPU, fp32 unless --dtype or the checkpoint says
     optim: str = "adamw_torch"  # --optim: without DeepSpeed, what Adam's state costs on the GPU
     pretrained: bool = False  # weights read from --model_name_or_path (not built from a config)
+    mode: str = ""  # the mode's name (clmkit/modes.py)
     in_backward: bool = False  # --optimizer_in_backward: each gradient freed as soon as its weight steps
     state_on_host: bool = False  # --optimizer_state_on_host: the optimizer state in pinned host RAM
 
@@ -233,6 +236,7 @@ def setup_from_args(training_args, block_size, ds_config=None, model_args=None, 
         weights=_load_dtype(model_args, config, training_args),
         optim=optim_name(training_args),
         pretrained=bool(getattr(model_args, "model_name_or_path", None)),
+        mode=getattr(training_args, "mode", ""),
         in_backward=in_backward,
         state_on_host=in_backward and bool(getattr(training_args, "optimizer_state_on_host", False)),
     )
@@ -503,8 +507,13 @@ FITS, TIGHT, OVER = "fits", "tight", "does not fit"
 
 
 class Plan:
-    def __init__(self, shape: ModelShape, setup: Setup, machine: Machine, output_dir: str):
+    def __init__(self, shape: ModelShape, setup: Setup, machine: Machine, output_dir: str, given=None):
         self.shape, self.setup, self.machine, self.output_dir = shape, setup, machine, output_dir
+        self.given = given or {}  # the flags given on the command line: a change to another mode drops its own
+        self.how = ""  # how the run's mode was chosen, in a few words (make_plan)
+        self.changes = []  # what the mode does differently from what the user asked, one phrase each
+        self.flags = {}  # the flags the run takes on for its mode (settle_mode)
+        self.problems = []  # why the run cannot train in its mode, one line each
         self.needs = estimate(shape, setup)
         self.status = self._status(self.needs, setup)
 
@@ -527,72 +536,104 @@ class Plan:
         return OVER if OVER in values else TIGHT if TIGHT in values else FITS
 
     def _alternatives(self):
-        """(what to change, the setup after it), in the order to try them: least disruptive first."""
+        """(what to change, the setup after it), in the order to try them: least disruptive first, then the other
+        modes that can run here, fastest first, then the DeepSpeed config's own levers."""
         s = self.setup
         out = [("drop --no_gradient_checkpointing", dataclasses.replace(s, checkpointing=True))] \
             if not s.checkpointing else []
         out.append(("", s))
-        if not s.deepspeed and s.load_bytes == 2 and s.ranks * s.nodes == 1:
-            early = ("--optimizer_in_backward --gradient_accumulation_steps 1 --max_grad_norm 0 (each weight steps "
-                     "in the backward pass: no full set of gradients on the GPU)")
-            stepped = dataclasses.replace(s, in_backward=True, accumulation=1)
-            if not s.in_backward:
-                out.append((early, stepped))
-            if not s.state_on_host:
-                on_host = ("--optimizer_state_on_host (the optimizer state in pinned host RAM, each weight's copied "
-                           "to the GPU for its step)")
-                out.append((on_host if s.in_backward else f"{early}, plus {on_host}",
-                            dataclasses.replace(stepped, state_on_host=True)))
-        if not s.offload_optimizer and s.stage < 3:
-            out.append(("--deepspeed ds_config.json (ZeRO-2 with the optimizer in CPU RAM)",
-                        dataclasses.replace(s, deepspeed="ds_config.json", stage=2, offload_optimizer=True,
-                                            pin_memory=True, reduce_bucket=0, overlap_comm=True, in_backward=False,
-                                            state_on_host=False)))
-        if s.stage < 3:
+        for mode in modes_by_speed():
+            if mode.name != s.mode and not self.can_run(mode):
+                micro, accumulation = self.splits(mode)[0]
+                launcher = " under the deepspeed launcher (deepspeed --num_gpus=1 run_clm.py ...)" \
+                    if self.startable(mode) else ""
+                out.append((f"--mode {mode.name} ({mode.title}){launcher}" + self._dropping(mode),
+                            mode_setup(mode, s, self.shape.vocab, micro, accumulation)))
+        if s.deepspeed and s.stage < 3:
             out.append(("--deepspeed ds_config_zero3.json (ZeRO-3: parameters and optimizer in CPU RAM)",
                         dataclasses.replace(s, deepspeed="ds_config_zero3.json", stage=3, offload_optimizer=True,
                                             offload_param=True, pin_memory=True, reduce_bucket=0, overlap_comm=True,
-                                            prefetch_bucket=0, persistence_threshold=0, in_backward=False,
-                                            state_on_host=False)))
+                                            prefetch_bucket=0, persistence_threshold=0)))
         if s.deepspeed and s.offload_optimizer and s.pin_memory and s.stage < 3 and not s.use_cpu:
             out.append((f'"pin_memory": false under "offload_optimizer" in {s.deepspeed} (no pinned buffers, which '
                         "PyTorch rounds up to powers of two)", dataclasses.replace(s, pin_memory=False)))
         if s.deepspeed and s.offload_optimizer and s.stage < 3:
             out.append((f'no "offload_optimizer" in {s.deepspeed} (the optimizer state on the GPU)',
                         dataclasses.replace(s, offload_optimizer=False, pin_memory=False)))
-        if s.deepspeed and not s.use_cpu:  # the mode for 16-bit weights this GPU does, without DeepSpeed
-            name = "bf16 mode" if self.machine.bf16 else "fp16 mode"
-            flags, setup = {mode: (flags, setup) for mode, flags, setup in mode_setups(s, self.shape.vocab)}[name]
-            out.append((f"the {name}: {flags} without --deepspeed", setup))
         return out
 
+    def _dropping(self, mode):
+        """', without --X ...' for the given flags that spell this run's mode and contradict `mode`."""
+        clashes = [key for key, _, _ in contradictions(mode, self.given, not self.setup.use_cpu and self.setup.cuda)]
+        return f" without {', '.join('--' + key for key in clashes)}" if clashes else ""
+
+    def machine_words(self):
+        """This machine in a few words: 'a 16.0 GiB GPU with bf16 and 64.0 GiB of RAM'."""
+        free = self.machine.gpu_free
+        gpu = f"a {gib(free)} GPU {'with' if self.machine.bf16 else 'without'} bf16" if free is not None else "the GPU"
+        return f"{gpu} and {gib(self.machine.ram)} of RAM"
+
+    def can_run(self, mode) -> str:
+        """'' where this machine and run can train in `mode`; else why not, in a few words."""
+        s = self.setup
+        if mode.needs_bf16 and not s.use_cpu and not self.machine.bf16:
+            return "this GPU has no bf16"
+        if mode.one_process and s.ranks * s.nodes > 1:
+            return "one GPU only"
+        return ""
+
+    def startable(self, mode) -> str:
+        """'' where this process can train in `mode`; else how to start it (the classic recipe's DeepSpeed needs the
+        process group its launcher sets up)."""
+        if mode.needs_launcher and not self.setup.launcher:
+            return "start it under the deepspeed launcher: deepspeed --num_gpus=1 run_clm.py ..."
+        return ""
+
+    def splits(self, mode):
+        """(micro-batch, accumulation) to try `mode` at, keeping this run's sequences per optimizer step: the run's
+        own split first, then smaller micro-batches with more accumulation; one micro-batch for a mode that cannot
+        accumulate."""
+        s = self.setup
+        if mode.whole_batch:
+            return [(s.micro_batch * s.accumulation, 1)]
+        return [(m, s.micro_batch * s.accumulation // m) for m in range(s.micro_batch, 0, -1) if s.micro_batch % m == 0]
+
+    def verdict_of(self, setup):
+        status = self._status(estimate(self.shape, setup), setup)
+        values = [status.get(key, FITS) for key in ("GPU", "host RAM")]
+        return OVER if OVER in values else TIGHT if TIGHT in values else FITS
+
     def modes(self):
-        """[(name, flags, verdict)] of each way the tool trains, at this run's batch, on this machine's GPU."""
+        """[(mode, its Setup at the first split that fits (else the run's own), its verdict in words)] of each way the
+        tool trains, on this machine's GPU, at this run's sequences a step."""
         rows = []
-        for name, flags, setup in mode_setups(self.setup, self.shape.vocab):
-            if setup.in_backward and setup.ranks * setup.nodes > 1:
-                rows.append((name, flags, "cannot run: one GPU only"))
-                continue
-            if setup.precision == "bf16" and not self.machine.bf16:
-                rows.append((name, flags, "cannot run: this GPU has no bf16"))
+        for mode in modes_by_speed():
+            why_not = self.can_run(mode)
+            setups = [mode_setup(mode, self.setup, self.shape.vocab, micro, accumulation)
+                      for micro, accumulation in self.splits(mode)]
+            setup = next((s for s in setups if self.verdict_of(s) == FITS), setups[0])
+            if why_not:
+                rows.append((mode, setup, f"cannot run: {why_not}"))
                 continue
             needs = estimate(self.shape, setup)
             status = self._status(needs, setup)
             verdict = OVER if OVER in status.values() else TIGHT if TIGHT in status.values() else FITS
-            rows.append((name, flags, f"{verdict}: GPU {gib(needs.gpu)} ({status.get('GPU', '?')}), host RAM "
-                                      f"{gib(needs.host)} ({status['host RAM']})"))
+            launcher = f"; {self.startable(mode)}" if self.startable(mode) else ""
+            rows.append((mode, setup, f"{verdict}: GPU {gib(needs.gpu)} ({status.get('GPU', '?')}), host RAM "
+                                      f"{gib(needs.host)} ({status['host RAM']}), {setup.micro_batch} x "
+                                      f"{setup.accumulation}{launcher}"))
         return rows
 
-    def choice(self):
-        """(mode, its flags, why) of the mode to train in on this machine at this batch: the first in PREFERENCE
-        whose GPU and host RAM fit (else the first that is tight); None when none can."""
-        modes = {name: (flags, verdict) for name, flags, verdict in self.modes()}
+    def choice(self, allowed=None):
+        """(mode, its Setup) of the fastest mode whose GPU and host RAM fit (else the fastest that is tight), among
+        `allowed` (names; None: every mode that keeps within the measured parity); None when none can."""
+        rows = [(mode, setup) for mode, setup, verdict in self.modes()
+                if not verdict.startswith("cannot") and not self.startable(mode) and (mode.name in allowed if allowed is not None else
+                                                         mode.parity is not None and abs(mode.parity) <= PARITY_BAR)]
         for wanted in (FITS, TIGHT):
-            for name, why in PREFERENCE:
-                flags, verdict = modes[name]
-                if verdict.startswith(wanted):
-                    return name, flags, why + ("" if wanted == FITS else "; tight: a smaller micro-batch "
-                                                     "leaves more room")
+            for mode, setup in rows:
+                if self.verdict_of(setup) == wanted:
+                    return mode, setup
         return None
 
     def _fits_compute(self, setup):
@@ -614,12 +655,16 @@ class Plan:
         more accumulation, so that the sequences per optimizer step stay the same."""
         s = self.setup
         for what, alternative in self._alternatives():
-            for micro in [m for m in range(s.micro_batch, 0, -1) if s.micro_batch % m == 0]:
+            own = alternative.micro_batch
+            total = alternative.micro_batch * alternative.accumulation
+            for micro in [m for m in range(own, 0, -1) if own % m == 0]:
                 if what == "" and micro == s.micro_batch:
                     continue
-                candidate = dataclasses.replace(alternative, micro_batch=micro,
-                                                accumulation=s.accumulation * s.micro_batch // micro)
-                batch = "" if micro == s.micro_batch else (
+                if alternative.in_backward and micro != own:
+                    break  # it cannot accumulate: one micro-batch holds the step
+                candidate = dataclasses.replace(alternative, micro_batch=micro, accumulation=total // micro)
+                batch = "" if (micro, candidate.accumulation) == (s.micro_batch, s.accumulation) or \
+                    alternative.in_backward else (
                     f"--per_device_train_batch_size {micro} --gradient_accumulation_steps {candidate.accumulation} "
                     f"(the same {s.micro_batch * s.accumulation} sequences a step per GPU)")
                 yield ", plus ".join(part for part in (what, batch) if part), candidate
@@ -650,46 +695,22 @@ class Plan:
         return text
 
 
-# The order to pick a mode in, fastest first where the semantics are the user's own, as measured on GPT-2 XL's
-# shapes on an H200 (docs/gpu-runs.md): the bf16 mode keeps clipping and accumulation; stepped in the backward it
-# was 1.11x faster but has neither; the fp16 mode is the one for a GPU without bf16; with the state on the host
-# every step copies it both ways; the classic recipe is the slowest and needs the most host RAM.
-PREFERENCE = (
-    ("bf16 mode", "the fastest mode that keeps gradient clipping and accumulation (2.0-2.4x the classic recipe)"),
-    ("bf16, in backward", "the bf16 mode's gradients do not fit; stepping each weight in the backward pass frees "
-                          "them, without clipping or accumulation"),
-    ("fp16 mode", "the mode for a GPU without bf16 (1.5x the classic recipe), everything on the card"),
-    ("bf16, in backward, state on host", "the optimizer state does not fit the GPU: it stays in host RAM and each "
-                                         "weight's is copied in for its step, which sets the speed"),
-    ("classic recipe", "no mode without DeepSpeed fits the GPU: the Adam state goes to host RAM"),
-)
+def modes_by_speed():
+    """The modes in the order `auto` prefers them: fastest measured first (GPT-2 XL's shapes on an H200 capped at
+    16 GiB, docs/benchmark*.md); fp32, never measured against them, last."""
+    return sorted(MODES, key=lambda mode: -(mode.tokens_per_s or 0))
 
 
-def mode_setups(s: Setup, vocab: int):
-    """The tool's ways to train, each at the batch of `s`: (name, the flags that choose it, its Setup)."""
-    plain = dict(deepspeed="", stage=0, offload_optimizer=False, offload_param=False, pin_memory=False,
-                 overlap_comm=False, optim="adamw_torch_8bit", chunk_tokens=chunk_tokens_for(vocab),
-                 in_backward=False, state_on_host=False)
-    precision = s.precision if s.half else "fp16"
-    return [
-        ("classic recipe", f"--deepspeed ds_config.json --{precision}",
-         dataclasses.replace(s, deepspeed="ds_config.json", stage=2, offload_optimizer=True, offload_param=False,
-                             pin_memory=True, reduce_bucket=0, overlap_comm=True, precision=precision,
-                             weights=precision, optim="adamw_torch", in_backward=False, state_on_host=False)),
-        ("fp16 mode", "--fp16 --optim adamw_torch_8bit --chunked_loss",
-         dataclasses.replace(s, precision="fp16", weights="fp16", **plain)),
-        ("bf16 mode", "--bf16 --dtype bfloat16 --optim adamw_torch_8bit --optim_args bf16_stochastic_round=True "
-                      "--chunked_loss",
-         dataclasses.replace(s, precision="bf16", weights="bf16", **plain)),
-        ("bf16, in backward", "the bf16 mode's flags and --optimizer_in_backward --gradient_accumulation_steps 1 "
-                              "--max_grad_norm 0",
-         dataclasses.replace(s, precision="bf16", weights="bf16", accumulation=1, **dict(plain, in_backward=True))),
-        ("bf16, in backward, state on host", "the bf16 mode's flags and --optimizer_in_backward "
-                                             "--optimizer_state_on_host --gradient_accumulation_steps 1 "
-                                             "--max_grad_norm 0",
-         dataclasses.replace(s, precision="bf16", weights="bf16", accumulation=1,
-                             **dict(plain, in_backward=True, state_on_host=True))),
-    ]
+def mode_setup(mode, s: Setup, vocab: int, micro=None, accumulation=None) -> Setup:
+    """The Setup of `mode` at the batch of `s` (or at micro x accumulation): its own memory terms (modes.py)."""
+    fields = dict(mode.setup)
+    chunked = fields.pop("chunked", False)
+    if mode.precision == "half":
+        precision = s.precision if s.half else "fp16" if s.cuda and not s.use_cpu else "fp32"
+        fields.update(precision=precision, weights=precision)
+    return dataclasses.replace(s, mode=mode.name, chunk_tokens=chunk_tokens_for(vocab) if chunked else s.chunk_tokens,
+                               micro_batch=micro or s.micro_batch, accumulation=accumulation or s.accumulation,
+                               **fields)
 
 
 def model_shape_without_deepspeed(config, training_args):
@@ -707,10 +728,12 @@ def model_shape_without_deepspeed(config, training_args):
             set_hf_deepspeed_config(training_args.hf_deepspeed_config)
 
 
-def make_plan(config, tokenizer, model_args, training_args, block_size, ds_config):
+def make_plan(config, tokenizer, model_args, training_args, block_size, ds_config, resumed=None):
     """The run's Plan from the model's shapes on the meta device, the flags, the block size (None: the model's
-    context), the DeepSpeed config (a dict, or None) and this machine. A config no causal LM class is registered for
-    is a UsageError."""
+    context), the DeepSpeed config (a dict, or None) and this machine, in the mode the run trains in: the one it
+    names, the one its checkpoint was written in, the one its flags spell, or the one `auto` chooses (settle_mode).
+    resumed: what the checkpoint a rerun goes on from was written with (checkpoints.written_with), or None.
+    A config no causal LM class is registered for is a UsageError."""
     if tokenizer is not None and len(tokenizer) > getattr(config, "vocab_size", len(tokenizer)):
         config = copy.deepcopy(config)  # the model's embeddings will grow to the tokenizer (loading.py)
         config.vocab_size = len(tokenizer)
@@ -724,4 +747,80 @@ def make_plan(config, tokenizer, model_args, training_args, block_size, ds_confi
     block_size = block_size or context_length(config)  # its own problem is reported by the checks
     setup = setup_from_args(training_args, block_size, ds_config, model_args, config, shape.vocab)
     machine = probe_machine(training_args.output_dir, setup.ranks, every_gpu=getattr(training_args, "plan", False))
-    return Plan(shape, setup, machine, training_args.output_dir)
+    given = getattr(training_args, "given_flags", {})
+    plan = Plan(shape, setup, machine, training_args.output_dir, given)
+    if getattr(training_args, "mode_reason", ""):  # settled already: these flags are the mode's
+        plan.how, plan.changes = training_args.mode_reason, list(training_args.mode_changes)
+        return plan
+    return settle_mode(plan, training_args.mode, resumed)
+
+
+def settle_mode(plan, asked, resumed=None):
+    """The plan in the mode this run trains in, with .how (why that mode, in a few words), .changes (what it does
+    differently from what the user asked), .flags (the flags the run takes on for it: what the mode sets where the
+    user gave nothing, and its split of the batch) and .problems (one line each: a flag that contradicts it, a mode
+    this machine cannot run, a checkpoint written in another mode)."""
+    s, given = plan.setup, plan.given
+    gpu = s.cuda and not s.use_cpu
+    spelled = modes.spelled(given)
+    resumed = resumed or {}
+    problems = []
+    split = None
+    if asked != modes.AUTO:
+        mode, how = modes.get(asked), "--mode"
+        problems += modes.contradiction_problems(mode, given, gpu, "--mode")
+    elif resumed.get("mode"):
+        mode, how = modes.get(resumed["mode"]), f"the mode {resumed['path']} was written in"
+        if resumed.get("split") and resumed["split"][0] * resumed["split"][1] == s.micro_batch * s.accumulation:
+            split = resumed["split"]
+    elif spelled:
+        mode, how = modes.get(spelled), "the flags given spell it"
+    elif not gpu:
+        mode, how = modes.get("fp32"), "no GPU here: fp32 weights and AdamW, which the CPU runs"
+    else:
+        allowed = [m.name for m in MODES if not modes.contradictions(m, given, gpu)]
+        chosen = plan.choice(allowed=[name for name in allowed if modes.get(name).parity is not None and
+                                      abs(modes.get(name).parity) <= PARITY_BAR])
+        if chosen is not None:
+            mode, how = chosen[0], f"auto: the fastest mode that fits {plan.machine_words()}"
+            split = (chosen[1].micro_batch, chosen[1].accumulation)
+        else:
+            runnable = [m for m in modes_by_speed() if m.name in allowed and not plan.can_run(m)
+                        and not plan.startable(m)]
+            mode = runnable[0] if runnable else modes.get("fp32")
+            how = f"auto: no mode fits {plan.machine_words()}; the fastest that can run here"
+        name, split = same_on_every_process((mode.name, split))
+        mode = modes.get(name)
+    why_not = plan.can_run(mode) or plan.startable(mode)
+    if why_not and (asked != modes.AUTO or resumed.get("mode")):
+        problems.append(f"the {mode.name} mode ({how}) cannot run here: {why_not}"
+                        + ("; --overwrite_output_dir starts again in the mode --mode auto picks" if resumed.get("mode")
+                           and asked == modes.AUTO else ""))
+    if resumed.get("mode") and asked != modes.AUTO and asked != resumed["mode"]:
+        problems.append(f"--mode {asked}: {resumed['path']} was written in the {resumed['mode']} mode, whose optimizer "
+                        f"state this mode cannot continue; drop --mode to resume in {resumed['mode']}, or add "
+                        "--overwrite_output_dir to start again in this mode")
+    elif resumed.get("mode") and spelled and spelled != resumed["mode"]:
+        problems.append(f"{resumed['path']} was written in the {resumed['mode']} mode and these flags spell the "
+                        f"{spelled} mode; drop them to resume in {resumed['mode']} (--mode auto), or add "
+                        "--overwrite_output_dir to start again")
+    if spelled and asked == modes.AUTO and not resumed.get("mode"):
+        settled = dataclasses.replace(s, mode=mode.name)
+        flags = {}
+    else:
+        if split is None:
+            split = plan.splits(mode)[0] if mode.whole_batch else (s.micro_batch, s.accumulation)
+        settled = mode_setup(mode, s, plan.shape.vocab, *split) if mode.name != "fp32" else \
+            dataclasses.replace(s, mode=mode.name)
+        flags = modes.flag_values(mode, given, gpu)
+        if split != (s.micro_batch, s.accumulation):
+            flags.update(per_device_train_batch_size=split[0], gradient_accumulation_steps=split[1])
+    settled_plan = Plan(plan.shape, settled, plan.machine, plan.output_dir, given)
+    settled_plan.how = how
+    settled_plan.flags = dict(flags, mode=mode.name)
+    settled_plan.problems = problems
+    settled_plan.changes = ([f"{settled.micro_batch} x {settled.accumulation} accumulation per GPU instead of "
+                             f"{s.micro_batch} x {s.accumulation} (the same {s.micro_batch * s.accumulation} "
+                             "sequences a step)"] if (settled.micro_batch, settled.accumulation) !=
+                            (s.micro_batch, s.accumulation) else []) + list(mode.changes)
+    return settled_plan

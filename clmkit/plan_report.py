@@ -1,7 +1,8 @@
 """The plan in words: the start-up summary every run prints once, the whole plan for --plan, and the lines that
 stop a run host RAM or disk cannot hold."""
 
-from .machine import GPU_OVERRIDE, gib
+from .machine import gib
+from .modes import NAMES
 from .plan import GPU_MARGIN, OVER
 
 # The GPU estimate is held to within 15% of what runs measure: beyond that over the free memory, a run stops.
@@ -30,7 +31,7 @@ def gpu_line(plan):
         return "GPU not used (--use_cpu): model states and activations are in host RAM"
     free = plan.machine.gpu_free
     against = f"{gib(free)} free{plan.machine.gpu_note}: {plan.status['GPU']}" if free is not None else \
-        f"no GPU here (set {GPU_OVERRIDE} to plan for one)"
+        "no GPU here (--plan --machine NAME plans for one)"
     return (f"GPU {gib(n.gpu)} peak per device (model states {gib(n.gpu_states)} + activations "
             f"{gib(n.activations)} + buffers {gib(n.gpu_buffers)}) of {against}")
 
@@ -62,13 +63,15 @@ def startup_summary(plan, training_args, n_train_sequences, n_eval_sequences, no
     out = training_args.output_dir
     engine = f"{params(plan.shape.n_params)} parameters ({plan.shape.model_type}), {s.precision_label}, {s.engine}"
     if n_train_sequences is None:
-        return "\n".join([f"model:       {engine}",
+        return "\n".join([mode_line(plan, "mode:        "), f"model:       {engine}",
                           f"data:        {n_eval_sequences:,} evaluation sequences of {s.block_size} tokens; "
                           f"results in {out}", *(f"             {note}" for note in notes)])
     steps = max(1, n_train_sequences // (s.micro_batch * s.accumulation * s.ranks * s.nodes))
     evaluation = f"; {n_eval_sequences:,} evaluation sequences" if n_eval_sequences else ""
     change = plan.change()
     return "\n".join([
+        mode_line(plan, "mode:        "),
+        *([f"             differs from what was asked: {'; '.join(plan.changes)}"] if plan.changes else []),
         f"model:       {engine}, gradient checkpointing {'on' if s.checkpointing else 'off'}",
         *([f"speed-ups:   {speedups}"] if speedups else []),
         f"batch:       {s.batch}",
@@ -134,17 +137,24 @@ def report(plan) -> str:
     lines += [f"  RAM: {gib(m.ram)} available{m.ram_note}", f"  disk: {gib(m.disk)} free at {m.disk_path}"
               f"{m.disk_note}"]
     if not s.use_cpu and m.gpus:
-        lines.append("modes on this machine, at this batch")
-        modes = plan.modes()
-        width = max(len(name) for name, _, _ in modes) + 2
-        lines += [f"  {name:<{width}}{verdict}   ({flags})" for name, flags, verdict in modes]
-        choice = plan.choice()
-        lines.append(f"  choice: the {choice[0]}: {choice[2]}" if choice else
-                     "  choice: none fits this machine at this batch (each mode's GPU and host RAM above)")
+        lines.append(f"modes on this machine, at {s.micro_batch * s.accumulation} sequences a step per GPU "
+                     "(* the one this run trains in)")
+        rows = plan.modes()
+        width = max(len(mode.name) for mode, _, _ in rows) + 2
+        lines += [f"{'*' if mode.name == s.mode else ' '} {mode.name:<{width}}{verdict}" for mode, _, verdict in rows]
+    lines.append(mode_line(plan, "mode: "))
+    if plan.changes:
+        lines.append(f"  differs from what was asked: {'; '.join(plan.changes)}")
     checks = ", ".join(f"{key} {value}" for key, value in plan.status.items())
     change = plan.change()
     lines.append(f"verdict: {plan.verdict} ({checks})" + (f"\n  change: {change}" if change else ""))
     return "\n".join(lines)
+
+
+def mode_line(plan, label):
+    """'mode: NAME (why, in a few words); how to choose another'."""
+    others = ", ".join(name for name in NAMES if name != plan.setup.mode)
+    return f"{label}{plan.setup.mode or 'fp32'} ({plan.how}); --mode NAME chooses another: {others}"
 
 
 def states_text(s):

@@ -105,9 +105,10 @@ def test_on_a_t4_notebook_the_plan_of_the_fp16_mode_fits_and_names_the_modes_tha
     assert "fp16 weights, loss scale and stochastic rounding (the fp16 mode), plain PyTorch" in out
     assert "verdict: fits (GPU fits, host RAM fits, disk fits)" in out
     modes = out[out.index("modes on this machine"):]
-    assert re.search(r"classic recipe +does not fit: .*host RAM [\d.]+ GiB \(does not fit\)", modes), modes
-    assert re.search(r"fp16 mode +fits", modes), modes
-    assert re.search(r"bf16 mode +cannot run: this GPU has no bf16", modes), modes
+    assert re.search(r"  classic +does not fit: .*host RAM [\d.]+ GiB \(does not fit\)", modes), modes
+    assert re.search(r"\* fp16 +fits", modes), modes
+    assert re.search(r"  bf16 +cannot run: this GPU has no bf16", modes), modes
+    assert "mode: fp16 (the flags given spell it)" in modes
 
 
 def only_error(err):
@@ -121,7 +122,7 @@ def only_error(err):
     # A mode without DeepSpeed keeps the optimizer on the GPU: on a 16 GiB card with bf16, the bf16 mode.
     ("host RAM", {"CLM_ASSUME_HOST_RAM_GIB": "8", "CLM_ASSUME_FREE_DISK_GIB": "500"},
      ["error: host RAM: the run needs about", "but 8.00 GiB is available (CLM_ASSUME_HOST_RAM_GIB)",
-      "optimizer state", "pinned buffers", "the bf16 mode: --bf16 --dtype bfloat16 --optim adamw_torch_8bit",
+      "optimizer state", "pinned buffers", "--mode bf16-in-backward (the bf16 mode stepped in the backward)",
       "without --deepspeed"]),
     ("disk", {"CLM_ASSUME_HOST_RAM_GIB": "1000", "CLM_ASSUME_FREE_DISK_GIB": "10"},
      ["--output_dir", "one checkpoint (weights and optimizer state) needs about 29.0 GiB",

@@ -185,3 +185,40 @@ def test_the_optimizer_stepped_in_the_backward_learns_and_resumes(fp32_losses, t
 
     model = AutoModelForCausalLM.from_pretrained(resumed)
     assert model.generate(torch.tensor([[5, 6]]), max_new_tokens=8, do_sample=False).shape[1] > 2
+
+
+BF16_SPELLED = ["--dtype", "bfloat16", "--bf16", "--optim", "adamw_torch_8bit", "--optim_args",
+                "bf16_stochastic_round=True", "--chunked_loss"]
+
+
+def test_a_mode_asked_for_by_name_trains_as_its_old_spelling_and_a_rerun_goes_on_in_it(tiny_model, corpus, tmp_path):
+    """--mode bf16 gives the losses of the bf16 mode's flags of earlier releases, bit for bit. Its checkpoint, rerun
+    with no mode flag at all (auto, which on the CPU takes fp32), goes on in the bf16 mode to the uninterrupted
+    run's losses; a rerun asking for another mode is one line and exit 2, the checkpoint untouched."""
+    spelled, named = tmp_path / "spelled", tmp_path / "named"
+    result = short_run(tiny_model, corpus, spelled, *BF16_SPELLED)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "mode:        bf16 (the flags given spell it)" in result.stdout
+    result = short_run(tiny_model, corpus, named, "--mode", "bf16", "--save_strategy", "steps", "--save_steps", 4)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "mode:        bf16 (--mode)" in result.stdout
+    assert logged_losses(named) == logged_losses(spelled)
+    assert weight_dtypes(named) == {"BF16"}
+
+    import shutil
+
+    rerun = tmp_path / "rerun"
+    rerun.mkdir()
+    shutil.copytree(named / "checkpoint-4", rerun / "checkpoint-4")
+    refused = short_run(tiny_model, corpus, rerun, "--mode", "fp32", "--save_strategy", "steps", "--save_steps", 4)
+    assert refused.returncode == 2
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: --mode fp32: {rerun / 'checkpoint-4'} was written in the bf16 mode, whose optimizer "
+                      "state this mode cannot continue; drop --mode to resume in bf16, or add --overwrite_output_dir "
+                      "to start again in this mode"], refused.stderr[-2000:]
+    assert sorted(p.name for p in rerun.iterdir()) == ["checkpoint-4"]
+    result = short_run(tiny_model, corpus, rerun, "--save_strategy", "steps", "--save_steps", 4)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert f"mode:        bf16 (the mode {rerun / 'checkpoint-4'} was written in)" in result.stdout
+    assert logged_losses(rerun)[4:] == logged_losses(named)[4:]
+    assert weight_dtypes(rerun) == {"BF16"}

@@ -19,9 +19,11 @@ def xl():
 
 
 CLASSIC = Setup(micro_batch=8, accumulation=2, block_size=1024, precision="fp16", checkpointing=True,
-                deepspeed="ds_config.json", stage=2, offload_optimizer=True, pin_memory=True, overlap_comm=True)
+                deepspeed="ds_config.json", stage=2, offload_optimizer=True, pin_memory=True, overlap_comm=True,
+                mode="classic", launcher=True)
+CLASSIC_FLAGS = {"deepspeed": "ds_config.json", "fp16": True}  # the classic command's given mode flags
 BF16_MODE = Setup(micro_batch=8, accumulation=2, block_size=1024, precision="bf16", checkpointing=True,
-                  chunk_tokens=2048, weights="bf16", optim="adamw_torch_8bit")
+                  chunk_tokens=2048, weights="bf16", optim="adamw_torch_8bit", mode="bf16")
 
 
 def machine(gpu_gib=16, ram_gib=64, disk_gib=500, bf16=True):
@@ -98,16 +100,16 @@ def test_weights_only_checkpoints_hold_the_weights_alone(xl):
 
 def test_the_advised_change_fits_where_the_run_as_given_does_not(xl):
     """fp32 AdamW without DeepSpeed needs 16 bytes a parameter on the GPU, 23 GiB for GPT-2 XL: the plan says it
-    does not fit a 16 GiB card and names a change whose own estimate fits."""
-    plain = Setup(micro_batch=8, accumulation=2, block_size=1024, precision="fp16", checkpointing=True)
+    does not fit a 16 GiB card and names the fastest mode that does, whose own estimate fits."""
+    plain = Setup(micro_batch=8, accumulation=2, block_size=1024, precision="fp16", checkpointing=True, mode="fp32")
     plan = Plan(xl, plain, machine(), "out")
     assert plan.status["GPU"] == "does not fit" and plan.verdict == "does not fit"
     change = plan.change()
-    assert change.startswith("--deepspeed ds_config.json"), change
-    offloaded = dataclasses.replace(plain, deepspeed="ds_config.json", stage=2, offload_optimizer=True,
-                                    pin_memory=True, overlap_comm=True)
-    assert Plan(xl, offloaded, machine(), "out").verdict == "fits"
-    assert "change: --deepspeed ds_config.json" in report(plan)
+    assert change.startswith("--mode bf16-in-backward"), change
+    (mode, setup, verdict), = [row for row in plan.modes() if row[0].name == "bf16-in-backward"]
+    assert verdict.startswith("fits") and (setup.micro_batch, setup.accumulation) == (16, 1)
+    assert Plan(xl, setup, machine(), "out").verdict == "fits"
+    assert "change: --mode bf16-in-backward" in report(plan)
 
 
 def test_a_run_the_host_cannot_hold_is_stopped_with_its_terms(xl):
@@ -147,11 +149,12 @@ def test_a_run_the_gpu_cannot_hold_is_stopped_with_a_change_that_fits(xl):
 
 
 def test_with_little_host_ram_the_change_is_the_mode_that_keeps_the_optimizer_on_the_card(xl):
-    """The classic recipe on 8 GiB of RAM: the bf16 mode on a card with bf16, the fp16 mode on one without."""
-    assert Plan(xl, CLASSIC, machine(ram_gib=8), "out").change().startswith(
-        "the bf16 mode: --bf16 --dtype bfloat16 --optim adamw_torch_8bit")
-    assert Plan(xl, CLASSIC, machine(ram_gib=8, bf16=False), "out").change().startswith(
-        "the fp16 mode: --fp16 --optim adamw_torch_8bit --chunked_loss without --deepspeed")
+    """The classic recipe on 8 GiB of RAM: a bf16 mode on a card with bf16, the fp16 mode on one without, each
+    naming the classic command's flags it replaces."""
+    assert Plan(xl, CLASSIC, machine(ram_gib=8), "out", CLASSIC_FLAGS).change().startswith(
+        "--mode bf16-in-backward (the bf16 mode stepped in the backward) without --deepspeed, --fp16")
+    assert Plan(xl, CLASSIC, machine(ram_gib=8, bf16=False), "out", CLASSIC_FLAGS).change().startswith(
+        "--mode fp16 (the fp16 mode) without --deepspeed")
 
 
 def test_where_no_change_fits_the_plan_says_the_least_it_needs(xl):
@@ -169,14 +172,14 @@ def test_the_table_of_modes_on_a_t4_notebook(xl):
                       weights="fp16", optim="adamw_torch_8bit")
     t4 = Machine(gpus=[("GPU 0 (assumed)", 15 * GiB)], gpu_note="", ram=int(12.7 * GiB), ram_note="",
                  disk=500 * GiB, disk_path="/", disk_note="", bf16=False)
-    plan = Plan(xl, fp16_mode, t4, "out")
+    plan = Plan(xl, dataclasses.replace(fp16_mode, mode="fp16", launcher=True), t4, "out")
     assert plan.verdict == "fits"
-    verdicts = {name: verdict for name, _, verdict in plan.modes()}
-    assert verdicts["classic recipe"].startswith("does not fit") and "(does not fit)" in \
-        verdicts["classic recipe"].split("host RAM")[1]
-    assert verdicts["fp16 mode"].startswith("fits")
-    assert verdicts["bf16 mode"] == "cannot run: this GPU has no bf16"
-    assert verdicts["bf16, in backward"] == "cannot run: this GPU has no bf16"
+    verdicts = {mode.name: verdict for mode, _, verdict in plan.modes()}
+    assert verdicts["classic"].startswith("does not fit") and "(does not fit)" in \
+        verdicts["classic"].split("host RAM")[1]
+    assert verdicts["fp16"].startswith("fits")
+    assert verdicts["bf16"] == "cannot run: this GPU has no bf16"
+    assert verdicts["bf16-in-backward"] == "cannot run: this GPU has no bf16"
 
 
 @pytest.mark.parametrize("layers, measured_gib", [(12, 4.535), (48, 11.195)])
@@ -203,9 +206,9 @@ def test_stepping_in_the_backward_frees_the_gradients_from_the_plan(xl):
 def test_the_table_of_modes_of_a_run_stepped_in_the_backward_counts_each_mode_as_it_is(xl):
     """The rows are the other modes as they run, not this run's --optimizer_in_backward applied to each."""
     stepped = dataclasses.replace(BF16_MODE, in_backward=True, accumulation=1)
-    gpu = {name: float(verdict.split("GPU ")[1].split(" GiB")[0]) for name, _, verdict in
-           Plan(xl, stepped, machine(), "out").modes()}
-    assert gpu["bf16 mode"] - gpu["bf16, in backward"] > 2.5
+    gpu = {mode.name: float(verdict.split("GPU ")[1].split(" GiB")[0]) for mode, _, verdict in
+           Plan(xl, stepped, machine(), "out").modes() if not verdict.startswith("cannot")}
+    assert gpu["bf16"] - gpu["bf16-in-backward"] > 2.5
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +216,7 @@ def gptj():
     return model_shape(GPTJConfig(n_embd=4096, n_layer=28, n_head=16, vocab_size=50400, rotary_dim=64))
 
 
-GPTJ_STEPPED = dataclasses.replace(BF16_MODE, micro_batch=1, accumulation=1, in_backward=True)
+GPTJ_STEPPED = dataclasses.replace(BF16_MODE, micro_batch=1, accumulation=1, in_backward=True, mode="bf16-in-backward")
 
 
 def test_with_the_state_on_host_a_6b_model_fits_a_16_gib_gpu(gptj):
@@ -233,17 +236,16 @@ def test_with_the_state_on_host_a_6b_model_fits_a_16_gib_gpu(gptj):
 def test_a_run_stepped_in_the_backward_that_does_not_fit_is_told_to_keep_the_state_on_host(gptj):
     plan = Plan(gptj, GPTJ_STEPPED, machine(gpu_gib=16), "out")
     assert plan.status["GPU"] == "does not fit"
-    assert plan.change().startswith("--optimizer_state_on_host"), plan.change()
-    verdicts = {name: verdict for name, _, verdict in plan.modes()}
-    assert verdicts["bf16, in backward"].startswith("does not fit")
-    assert verdicts["bf16, in backward, state on host"].startswith("fits")
-    text = report(Plan(gptj, dataclasses.replace(GPTJ_STEPPED, state_on_host=True), machine(gpu_gib=16), "out"))
+    assert plan.change().startswith("--mode bf16-state-on-host"), plan.change()
+    verdicts = {mode.name: verdict for mode, _, verdict in plan.modes()}
+    assert verdicts["bf16-in-backward"].startswith("does not fit")
+    assert verdicts["bf16-state-on-host"].startswith("fits")
+    on_host = dataclasses.replace(GPTJ_STEPPED, state_on_host=True, mode="bf16-state-on-host")
+    text = report(Plan(gptj, on_host, machine(gpu_gib=16), "out"))
     assert "verdict: fits" in text and "--optimizer_state_on_host" in text.split("host RAM\n")[1]
     # the bf16 mode as it is: stepping in the backward alone does not fit, with the state on host it does
     plain = Plan(gptj, dataclasses.replace(BF16_MODE, micro_batch=1, accumulation=1), machine(gpu_gib=16), "out")
-    assert plain.change().startswith("--optimizer_in_backward --gradient_accumulation_steps 1 --max_grad_norm 0 "
-                                     "(each weight steps in the backward pass: no full set of gradients on the GPU),"
-                                     " plus --optimizer_state_on_host"), plain.change()
+    assert plain.change().startswith("--mode bf16-state-on-host"), plain.change()
 
 
 QWEN = dict(model_type="qwen2", hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
@@ -297,11 +299,10 @@ def test_the_plan_host_ram_against_a_peak_measured_through_the_final_save():
 def test_the_plan_chooses_the_fastest_mode_that_fits_and_says_why(xl, gptj):
     """GPT-2 XL on a 16 GiB bf16 GPU: the bf16 mode; on one without bf16: the fp16 mode; GPT-J 6B with 64 GiB of
     RAM: only the state on the host fits; with 16 GiB of RAM nothing does, and the report says so."""
-    assert Plan(xl, BF16_MODE, machine(), "out").choice()[0] == "bf16 mode"
-    assert Plan(xl, BF16_MODE, machine(bf16=False), "out").choice()[0] == "fp16 mode"
-    name, flags, why = Plan(gptj, GPTJ_STEPPED, machine(ram_gib=64), "out").choice()
-    assert name == "bf16, in backward, state on host" and "--optimizer_state_on_host" in flags
-    assert "host RAM" in why
+    mode, setup = Plan(xl, BF16_MODE, machine(), "out").choice()
+    assert mode.name == "bf16-in-backward" and (setup.micro_batch, setup.accumulation) == (16, 1)
+    assert Plan(xl, BF16_MODE, machine(), "out").choice(allowed=["bf16", "fp16"])[0].name == "bf16"
+    assert Plan(xl, BF16_MODE, machine(bf16=False), "out").choice()[0].name == "fp16"
+    mode, setup = Plan(gptj, GPTJ_STEPPED, machine(ram_gib=64), "out").choice()
+    assert mode.name == "bf16-state-on-host" and setup.state_on_host and setup.in_backward
     assert Plan(gptj, GPTJ_STEPPED, machine(ram_gib=16), "out").choice() is None
-    assert "choice: none fits this machine" in report(Plan(gptj, GPTJ_STEPPED, machine(ram_gib=16), "out"))
-    assert "choice: the bf16 mode: the fastest" in report(Plan(xl, BF16_MODE, machine(), "out"))
