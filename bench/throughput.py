@@ -11,8 +11,8 @@ capped (CLM_GPU_MEMORY_GIB). The classic recipe always runs first; the other row
     python bench/throughput.py --list                        # the rows and what each one changes
 
 Writes docs/benchmark.md and docs/benchmark.json (--out_prefix), rewritten after every row; each row's output
-goes to <work_dir>/<name>.log (--log_dir). Exit code 0 when the classic row ran, 1 when it failed, 2 for bad
-arguments. See bench/README.md for the columns and how to add a row.
+goes to <work_dir>/<name>.log (--log_dir). Exit code 0 when the first row (classic, unless --without_classic) ran,
+1 when it failed, 2 for bad arguments. See bench/README.md for the columns and how to add a row.
 """
 
 import argparse
@@ -46,6 +46,8 @@ def parse(argv):
     parser.add_argument("--configs", default=None,
                         help="comma-separated rows to run (classic is always added); default: all. See --list.")
     parser.add_argument("--list", action="store_true", help="print the rows and what each one changes, then exit")
+    parser.add_argument("--without_classic", action="store_true",
+                        help="leave the classic row out: the rows named are compared with each other only")
     parser.add_argument("--steps", type=int, default=20,
                         help=f"optimizer steps per row (default 20); the first {WARMUP_STEPS} step times are left "
                              "out of the median")
@@ -146,7 +148,7 @@ def main(argv=None):
     if args.list:
         list_rows(args)
         return 0
-    names, problems = selected_rows(args.configs)
+    names, problems = selected_rows(args.configs, with_classic=not args.without_classic)
     raise_if_any(problems + argument_problems(args))
     settings = settings_of(args)
     started = datetime.datetime.now(datetime.timezone.utc)
