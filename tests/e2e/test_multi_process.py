@@ -465,3 +465,21 @@ def test_a_killed_run_leaves_no_shared_memory_behind(model, corpus, tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def _settle_on_rank(rank, port, seen):
+    import torch.distributed as dist
+
+    from clmkit.machine import same_on_every_process
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    # Each rank's own view differs (as free RAM measured a moment apart can): each ends with rank 0's choice.
+    seen[rank] = same_on_every_process(("bf16" if rank == 0 else "fp16", (8, 2) if rank == 0 else (4, 4)))
+    dist.destroy_process_group()
+
+
+def test_every_process_trains_in_the_mode_rank_0_chose():
+    with torch.multiprocessing.Manager() as manager:  # its server process goes with the block
+        seen = manager.dict()
+        torch.multiprocessing.spawn(_settle_on_rank, args=(free_port(), seen), nprocs=2)
+        assert dict(seen) == {0: ("bf16", (8, 2)), 1: ("bf16", (8, 2))}
