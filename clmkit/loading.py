@@ -5,6 +5,7 @@ import os
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CONFIG_MAPPING
 
+from . import modes
 from .errors import UsageError
 from .loss import VOCAB_MULTIPLE, padding_rows
 from .machine import hub_offline
@@ -145,20 +146,16 @@ def optim_name(training_args) -> str:
 
 
 def training_dtype(model_args, training_args):
-    """The dtype to load weights in: --dtype when given; else, under DeepSpeed with --fp16/--bf16, that half
-    precision. DeepSpeed casts the model to it anyway and builds its fp32 master weights from the cast copy, so
-    loading straight into it is the same numbers with half the reading and host memory. Without DeepSpeed, --fp16
-    with the fp16 mode's 8-bit AdamW trains fp16 weights; otherwise the Trainer's autocast needs fp32 weights: the
-    checkpoint's own dtype then."""
+    """The dtype to load weights in: --dtype when given; else the mode's (clmkit/modes.py): the bf16 and fp16 modes'
+    own, the classic recipe's --fp16/--bf16 (DeepSpeed casts the model to it anyway and builds its fp32 master weights
+    from the cast copy, so loading straight into it is the same numbers with half the reading and host memory), and
+    for fp32 the checkpoint's own dtype (None), which the Trainer's autocast needs in fp32."""
     if model_args.dtype:
         return DTYPES.get(model_args.dtype, model_args.dtype)
-    if training_args is None or not (training_args.fp16 or training_args.bf16):
+    if training_args is None:
         return None
-    if training_args.deepspeed:
-        return torch.float16 if training_args.fp16 else torch.bfloat16
-    if training_args.fp16 and optim_name(training_args) == FP16_MODE_OPTIM:
-        return torch.float16
-    return None
+    mode = modes.of(training_args)
+    return DTYPES.get(modes.half_precision(mode, training_args.fp16, training_args.bf16))
 
 
 def load_model_for_training(model_args, config, tokenizer, training_args=None):

@@ -126,18 +126,28 @@ def spelled(given: dict) -> Optional[str]:
     values), or None when they leave it open. Such a run keeps exactly the flags it was given."""
     if given.get("deepspeed"):
         return "classic"
-    if given.get("optimizer_state_on_host"):
-        return "bf16-state-on-host"
-    if given.get("optimizer_in_backward"):
-        return "bf16-in-backward"
     dtype = given.get("dtype")
     if dtype == "bfloat16":
-        return "bf16"
+        return "bf16-state-on-host" if given.get("optimizer_state_on_host") else \
+            "bf16-in-backward" if given.get("optimizer_in_backward") else "bf16"
     if dtype == "float16" or (given.get("fp16") and given.get("optim") == LOW_BIT_OPTIM):
         return "fp16"
-    if dtype == "float32" or given.get("optim") not in (None, LOW_BIT_OPTIM):
-        return "fp32"  # the user's own optimizer, or fp32 weights asked for
+    if dtype == "float32" or given.get("optim") not in (None, LOW_BIT_OPTIM) or given.get("optimizer_in_backward"):
+        return "fp32"  # the user's own optimizer, or fp32 weights (stepped in the backward or not)
     return None
+
+
+def of(training_args) -> Mode:
+    """The mode a run trains in: its settled --mode; for arguments no run settled, the mode their flags spell."""
+    name = getattr(training_args, "mode", AUTO)
+    if name in BY_NAME:
+        return BY_NAME[name]
+    optim = getattr(training_args, "optim", None)
+    values = {"deepspeed": getattr(training_args, "deepspeed", None), "fp16": getattr(training_args, "fp16", False),
+              "optim": getattr(optim, "value", optim),
+              "optimizer_in_backward": getattr(training_args, "optimizer_in_backward", False),
+              "optimizer_state_on_host": getattr(training_args, "optimizer_state_on_host", False)}
+    return BY_NAME[spelled(values) or "fp32"]
 
 
 def contradictions(mode: Mode, given: dict, gpu: bool) -> list:

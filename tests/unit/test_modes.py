@@ -43,7 +43,8 @@ def settle(tmp_path, *flags, config=XL, resumed=None):
     (["--fp16", "--optim", "adamw_torch_8bit", "--chunked_loss"], "fp16"),
     (["--dtype", "float16", "--optim", "adamw_torch_8bit"], "fp16"),
     (["--bf16", "--dtype", "bfloat16", "--optimizer_in_backward"], "bf16-in-backward"),
-    (["--optimizer_in_backward", "--optimizer_state_on_host"], "bf16-state-on-host"),
+    (["--dtype", "bfloat16", "--optimizer_in_backward", "--optimizer_state_on_host"], "bf16-state-on-host"),
+    (["--optimizer_in_backward", "--max_grad_norm", "0"], "fp32"),  # fp32 weights stepped in the backward
     (["--optim", "adafactor"], "fp32"),
     (["--fp16"], None),
     ([], None),
