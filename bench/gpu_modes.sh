@@ -5,7 +5,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT" /tmp/benchlogs
 t0=$(date +%s)
-CLM_PROFILE=14-16 timeout 480 python bench/throughput.py --n_layer 48 --steps 20 --timeout 150 --without_classic \
+CLM_PROFILE=14-16 timeout 420 python bench/throughput.py --n_layer 48 --steps 20 --timeout 130 --without_classic \
   --configs auto,mode-bf16-in-backward,auto-t4,mode-fp16-t4 --out_prefix "$OUT/benchmark-modes" \
   --log_dir /tmp/benchlogs
 echo "bench rc=$? $(( $(date +%s) - t0 )) s"

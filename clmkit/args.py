@@ -15,7 +15,8 @@ from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 from . import modes
 from .checks import deepspeed_file_problems, machine_precision_problems, number_problems, out_of_range
 from .errors import UsageError
-from .machine import CARDS, GPU_OVERRIDE, assume_machine, env_gib, first_process, read_json_object
+from .machine import (CARDS, GPU_OVERRIDE, assume_machine, env_gib, first_process, read_json_object,
+                      stand_in_for_launcher)
 
 
 @dataclass
@@ -141,8 +142,8 @@ class ClmTrainingArguments(TrainingArguments):
         metadata={"help": "The way to train. auto (the default): the fastest that fits this machine, as --plan shows: "
                           "on a 16 GB card with bf16 the bf16 mode (stepped in the backward where the batch fits one "
                           "micro-batch), on a card without bf16 the fp16 mode, for a 3-7B model the 8-bit state in "
-                          "host RAM, without a GPU fp32. Or one of: classic (DeepSpeed ZeRO-2, Adam state in CPU RAM; "
-                          "under the deepspeed launcher), bf16, bf16-in-backward, bf16-state-on-host, fp16, fp32 "
+                          "host RAM, without a GPU fp32. Or one of: classic (DeepSpeed ZeRO-2, Adam state in CPU RAM), "
+                          "bf16, bf16-in-backward, bf16-state-on-host, fp16, fp32 "
                           "(docs/modes.md). A rerun goes on in the mode its checkpoint was written in.",
                   "choices": [modes.AUTO, *modes.NAMES]},
     )
@@ -292,6 +293,8 @@ def parse_args(argv=None, notices=True):
     argv = _with_json_file_flags(argv)
     argv = translate_legacy_flags(argv) if notices else _translated_quietly(argv)
     _plan_for_another_machine(parser, argv)
+    if any(word == "--deepspeed" or word.startswith("--deepspeed=") for word in argv):
+        stand_in_for_launcher()  # before TrainingArguments, which starts DeepSpeed's process group
     refused = []
     try:
         model_args, data_args, training_args, unknown = parser.parse_args_into_dataclasses(

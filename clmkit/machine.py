@@ -93,11 +93,27 @@ def first_process() -> bool:
     return int(os.environ.get("RANK") or 0) == 0
 
 
+# Set where this process stands in for the launcher DeepSpeed expects (stand_in_for_launcher).
+NO_LAUNCHER = "CLM_NO_LAUNCHER"
+
+
 def local_ranks():
     """(processes on this node, nodes, started by a launcher?) from the launcher's environment."""
     world = int(os.environ.get("WORLD_SIZE") or 1)
     local = int(os.environ.get("LOCAL_SIZE") or os.environ.get("LOCAL_WORLD_SIZE") or world)
-    return max(1, local), max(1, world // max(1, local)), "LOCAL_RANK" in os.environ
+    launched = "LOCAL_RANK" in os.environ and not os.environ.get(NO_LAUNCHER)
+    return max(1, local), max(1, world // max(1, local)), launched
+
+
+def stand_in_for_launcher():
+    """A DeepSpeed run started with plain `python run_clm.py` (no launcher): give this one process the environment
+    the launcher would (rank 0 of 1, a free port on this machine), so that DeepSpeed starts its process group from
+    it instead of looking for MPI, which is not installed. Nothing changes where a launcher (deepspeed, torchrun)
+    set the environment already."""
+    if "LOCAL_RANK" in os.environ or "RANK" in os.environ:
+        return
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(free_port()), **{NO_LAUNCHER: "1"})
 
 
 def settle_cpu_threads():

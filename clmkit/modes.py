@@ -42,7 +42,6 @@ class Mode:
     setup: dict = field(default_factory=dict)  # its memory terms: the plan's Setup fields (clmkit/plan.py)
     needs_bf16: bool = False  # a GPU with bf16 (Ampere or newer), or the CPU
     one_process: bool = False  # a single GPU: its steps cannot wait for gradients shared between processes
-    needs_launcher: bool = False  # the deepspeed launcher (or torchrun) starts its process group
     whole_batch: bool = False  # no accumulation: each optimizer step is one micro-batch
     changes: tuple = ()  # what it does differently from fp32 AdamW with clipping and accumulation, in words
     parity: Optional[float] = None  # measured final eval loss against the classic recipe's (relative)
@@ -77,7 +76,7 @@ MODES = (
          setup={"deepspeed": "ds_config.json", "stage": 2, "offload_optimizer": True, "offload_param": False,
                 "pin_memory": True, "reduce_bucket": 0, "overlap_comm": True, "optim": "adamw_torch",
                 "in_backward": False, "state_on_host": False},
-         needs_launcher=True, parity=0.0, tokens_per_s=7_500),
+         parity=0.0, tokens_per_s=7_500),
     Mode("bf16-in-backward", "the bf16 mode stepped in the backward", "bf16", "plain PyTorch",
          "8-bit AdamW (torchao), one per weight, stepped as its gradient completes",
          flags=dict(BF16_FLAGS, optimizer_in_backward=True, max_grad_norm=0.0),

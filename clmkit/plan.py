@@ -545,9 +545,7 @@ class Plan:
         for mode in modes_by_speed():
             if mode.name != s.mode and not self.can_run(mode):
                 micro, accumulation = self.splits(mode)[0]
-                launcher = " under the deepspeed launcher (deepspeed --num_gpus=1 run_clm.py ...)" \
-                    if self.startable(mode) else ""
-                out.append((f"--mode {mode.name} ({mode.title}){launcher}" + self._dropping(mode),
+                out.append((f"--mode {mode.name} ({mode.title})" + self._dropping(mode),
                             mode_setup(mode, s, self.shape.vocab, micro, accumulation)))
         if s.deepspeed and s.stage < 3:
             out.append(("--deepspeed ds_config_zero3.json (ZeRO-3: parameters and optimizer in CPU RAM)",
@@ -582,13 +580,6 @@ class Plan:
             return "one GPU only"
         return ""
 
-    def startable(self, mode) -> str:
-        """'' where this process can train in `mode`; else how to start it (the classic recipe's DeepSpeed needs the
-        process group its launcher sets up)."""
-        if mode.needs_launcher and not self.setup.launcher:
-            return "start it under the deepspeed launcher: deepspeed --num_gpus=1 run_clm.py ..."
-        return ""
-
     def splits(self, mode):
         """(micro-batch, accumulation) to try `mode` at, keeping this run's sequences per optimizer step: the run's
         own split first, then smaller micro-batches with more accumulation; one micro-batch for a mode that cannot
@@ -618,17 +609,16 @@ class Plan:
             needs = estimate(self.shape, setup)
             status = self._status(needs, setup)
             verdict = OVER if OVER in status.values() else TIGHT if TIGHT in status.values() else FITS
-            launcher = f"; {self.startable(mode)}" if self.startable(mode) else ""
             rows.append((mode, setup, f"{verdict}: GPU {gib(needs.gpu)} ({status.get('GPU', '?')}), host RAM "
                                       f"{gib(needs.host)} ({status['host RAM']}), {setup.micro_batch} x "
-                                      f"{setup.accumulation}{launcher}"))
+                                      f"{setup.accumulation}"))
         return rows
 
     def choice(self, allowed=None):
         """(mode, its Setup) of the fastest mode whose GPU and host RAM fit (else the fastest that is tight), among
         `allowed` (names; None: every mode that keeps within the measured parity); None when none can."""
         rows = [(mode, setup) for mode, setup, verdict in self.modes()
-                if not verdict.startswith("cannot") and not self.startable(mode) and (mode.name in allowed if allowed is not None else
+                if not verdict.startswith("cannot") and (mode.name in allowed if allowed is not None else
                                                          mode.parity is not None and abs(mode.parity) <= PARITY_BAR)]
         for wanted in (FITS, TIGHT):
             for mode, setup in rows:
@@ -785,13 +775,12 @@ def settle_mode(plan, asked, resumed=None):
             mode, how = chosen[0], f"auto: the fastest mode that fits {plan.machine_words()}"
             split = (chosen[1].micro_batch, chosen[1].accumulation)
         else:
-            runnable = [m for m in modes_by_speed() if m.name in allowed and not plan.can_run(m)
-                        and not plan.startable(m)]
+            runnable = [m for m in modes_by_speed() if m.name in allowed and not plan.can_run(m)]
             mode = runnable[0] if runnable else modes.get("fp32")
             how = f"auto: no mode fits {plan.machine_words()}; the fastest that can run here"
         name, split = same_on_every_process((mode.name, split))
         mode = modes.get(name)
-    why_not = plan.can_run(mode) or plan.startable(mode)
+    why_not = plan.can_run(mode)
     if why_not and (asked != modes.AUTO or resumed.get("mode")):
         problems.append(f"the {mode.name} mode ({how}) cannot run here: {why_not}"
                         + ("; --overwrite_output_dir starts again in the mode --mode auto picks" if resumed.get("mode")

@@ -22,6 +22,18 @@ def test_deepspeed_zero2_offload_trains_evaluates_saves(tiny_model, corpus, tmp_
     check_trained_run(out)
 
 
+def test_the_classic_recipe_runs_without_its_launcher(tiny_model, corpus, tmp_path):
+    """`python run_clm.py --mode classic` (and so `python run_clm.py --deepspeed ds_config.json`, an easy slip since
+    the other modes start with python): this one process stands in for the deepspeed launcher, where DeepSpeed
+    would otherwise look for MPI and fail with a traceback, and trains as under the launcher."""
+    out = tmp_path / "classic"
+    result = python("run_clm.py", "--mode", "classic", *common_flags(tiny_model, corpus, out))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "mode:        classic (--mode)" in result.stdout
+    assert "DeepSpeed ZeRO-2 with the optimizer in CPU RAM" in result.stdout and "Traceback" not in result.stderr
+    check_trained_run(out)
+
+
 def test_without_deepspeed(tiny_model, corpus, tmp_path):
     out = tmp_path / "plain"
     result = python("run_clm.py", *common_flags(tiny_model, corpus, out))

@@ -108,10 +108,13 @@ def test_a_flag_that_contradicts_the_mode_asked_for_is_one_line(tmp_path, on):
                                        "--optim adamw_torch was given")
 
 
-def test_the_classic_recipe_needs_its_launcher(tmp_path, on):
+def test_the_classic_recipe_asked_for_takes_the_shipped_config_and_needs_its_host_ram(tmp_path, on):
     on("16gb-bf16")
-    (line,) = settle(tmp_path, "--mode", "classic").problems
-    assert "cannot run here: start it under the deepspeed launcher" in line
+    plan = settle(tmp_path, "--mode", "classic", *BATCH)
+    assert plan.problems == [] and plan.flags["deepspeed"].endswith("ds_config.json") and plan.flags["fp16"]
+    assert plan.setup.offload_optimizer and plan.status["host RAM"] == "does not fit"  # 45 GiB against 32
+    on("gpu=16,ram=64,bf16=yes")
+    assert settle(tmp_path, "--mode", "classic", *BATCH).verdict == "fits"
 
 
 def test_a_rerun_goes_on_in_its_checkpoints_mode_or_says_why_it_cannot(tmp_path, on):
