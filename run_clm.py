@@ -135,6 +135,8 @@ def load_data(data_args, model_args, training_args, tokenizer, block_size):
     tokens = tokenize_texts(raw, kinds, tokenizer, data_args, training_args)
     sequences, notes = make_sequences(tokens, kinds, tokenizer, block_size, data_args, training_args)
     train_set, eval_set = split_sequences(sequences, data_args, block_size, tokens, training_args.do_eval, kinds)
+    if training_args.do_train:
+        raise_if_any(checks.batch_problems(len(train_set), training_args))
     return train_set, eval_set, list(notes.values())
 
 

@@ -292,6 +292,7 @@ def parse_args(argv=None, notices=True):
     parser = make_parser()
     argv = _with_json_file_flags(argv)
     argv = translate_legacy_flags(argv) if notices else _translated_quietly(argv)
+    argv = _negative_values_joined(argv, parser)
     _plan_for_another_machine(parser, argv)
     if any(word == "--deepspeed" or word.startswith("--deepspeed=") for word in argv):
         stand_in_for_launcher()  # before TrainingArguments, which starts DeepSpeed's process group
@@ -310,7 +311,7 @@ def parse_args(argv=None, notices=True):
             print("notice: --do_eval without --do_train: evaluating without DeepSpeed (ZeRO has an evaluation-only "
                   "mode for stage 3 alone; the 16-bit or fp32 weights fit the GPU without it)", file=sys.stderr)
         return parse_args(_without_flag(argv, "--deepspeed"), notices)
-    settle_warmup(training_args, notices)
+    settle_warmup(training_args)
     training_args.command_flags = argv
     training_args.given_flags = given_flags(argv, parser, (model_args, data_args, training_args))
     return model_args, data_args, training_args, refused
@@ -327,6 +328,22 @@ def with_flags(training_args, flags: dict):
     model_args, data_args, new_args, _ = parse_args(training_args.command_flags + extra, notices=False)
     new_args.given_flags = training_args.given_flags
     return model_args, data_args, new_args
+
+
+NEGATIVE_NUMBER = re.compile(r"-(\d|\.\d|inf\b|nan\b)")
+
+
+def _negative_values_joined(argv, parser):
+    """`--learning_rate -1e-4` as `--learning_rate=-1e-4`: argparse takes a word starting with '-' for a flag and
+    says "expected one argument", so the checks' own line about the value never comes."""
+    out = []
+    for word in argv:
+        action = parser._option_string_actions.get(out[-1]) if out and out[-1].startswith("--") else None
+        if action is not None and action.nargs != 0 and NEGATIVE_NUMBER.match(word):
+            out[-1] = f"{out[-1]}={word}"
+        else:
+            out.append(word)
+    return out
 
 
 def given_flags(argv, parser, parsed):
@@ -405,14 +422,12 @@ def deepspeed_config(training_args):
     return training_args.hf_deepspeed_config.config
 
 
-def settle_warmup(training_args, notices=True):
-    """DeepSpeed's warmup schedulers refuse 0 warmup steps, which is what "auto" gives without --warmup_steps."""
+def settle_warmup(training_args):
+    """DeepSpeed's warmup schedulers refuse 0 warmup steps, which is what "auto" gives without --warmup_steps: 1 asks
+    for the least they take. Said nowhere: it is what no warmup means under DeepSpeed."""
     scheduler_params = (deepspeed_config(training_args) or {}).get("scheduler", {}).get("params", {})
     if scheduler_params.get("warmup_num_steps") == "auto" and training_args.warmup_steps == 0:
-        # DeepSpeed warms up over at least 2 steps whatever it is given; 1 asks for exactly that minimum.
         training_args.warmup_steps = 1
-        if first_process() and notices:
-            print("notice: no --warmup_steps given; the DeepSpeed scheduler warms up over its minimum of 2 steps")
 
 
 def _evaluation_only_under_zero_1_or_2(training_args):

@@ -58,6 +58,20 @@ def mode_problems(model_args, training_args, ds_config):
     return problems + dtype_problems(model_args, training_args) + in_backward_problems(training_args)
 
 
+def batch_problems(n_train_sequences, training_args):
+    """A step that asks for more sequences than the training data holds would train the same short epoch again and
+    again under the name of one step: one line, with the batch that fits."""
+    micro, accumulation = training_args.per_device_train_batch_size, training_args.gradient_accumulation_steps
+    world = training_args.world_size
+    asked = micro * accumulation * world
+    if n_train_sequences >= asked:
+        return []
+    fits = max(1, n_train_sequences // (accumulation * world))
+    return [f"--per_device_train_batch_size {micro} x --gradient_accumulation_steps {accumulation} x {world} "
+            f"process(es) = {asked:,} sequences a step, but the training data holds {n_train_sequences:,}; use "
+            f"--per_device_train_batch_size {fits} or less, or give more text"]
+
+
 def attempt(problems, function, *args, **kwargs):
     """function(*args, **kwargs), or None with its UsageError's lines added to `problems`."""
     try:
@@ -238,11 +252,26 @@ def data_file_problems(flag, path, data_args):
                else f"e.g. iconv -f latin1 -t utf-8 {path} > utf8{os.path.splitext(path)[1]}")
         return [f"{flag} {path}: not UTF-8 text (byte 0x{value:02x} at offset {offset}, line {line}); "
                 f"convert it to UTF-8, {fix}"]
+    if builder == "text":
+        return text_content_problems(flag, path)
     if builder == "csv":
         return csv_column_problems(flag, path, data_args)
     if builder == "json":
         return json_column_problems(flag, path, data_args)
     return []
+
+
+def text_content_problems(flag, path, chunk_size=1 << 20):
+    """A .txt file (valid UTF-8) with no text in it: only whitespace, or NUL bytes (a file zeroed by a crash), which
+    the datasets reader fails on with a traceback."""
+    nul = False
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            if chunk.translate(None, b" \t\r\n\x0b\x0c\x00"):
+                return []
+            nul = nul or b"\x00" in chunk
+    what = "only NUL bytes (no text; a file zeroed when a copy or a machine failed?)" if nul else "only whitespace"
+    return [f"{flag} {path}: the file holds {what}; put text in it or give another file"]
 
 
 def first_non_utf8_byte(path, chunk_size=1 << 20):
@@ -411,11 +440,13 @@ MISMATCH = re.compile(r"- ds (?P<key>\S+)=(?P<ds>.*) vs hf (?P<hf>[^=]+)=(?P<fla
 
 
 def deepspeed_problems(path, ds_config, training_args):
-    """Every value the config sets that contradicts a flag, found by Transformers' own HfTrainerDeepSpeedConfig
-    (which would otherwise complain only once the model is loaded)."""
+    """Every value the config sets that DeepSpeed refuses or that contradicts a flag, found by DeepSpeed's own model of
+    the ZeRO section and Transformers' HfTrainerDeepSpeedConfig (which would otherwise complain only once the model
+    is loaded)."""
     if ds_config is None:
         return []
-    return [mismatch_line(path, line) for line in deepspeed_mismatches(ds_config, training_args)]
+    problems = zero_section_problems(path, ds_config.get("zero_optimization") or {})
+    return problems + [mismatch_line(path, line) for line in deepspeed_mismatches(ds_config, training_args)]
 
 
 def deepspeed_mismatches(ds_config, training_args):
@@ -478,4 +509,32 @@ def deepspeed_file_problems(path):
     if not isinstance(ds_config.get("zero_optimization"), dict):
         return [f"--deepspeed {path}: no \"zero_optimization\" section; add one, e.g. as in the shipped "
                 "ds_config.json (ZeRO stage 2 with the optimizer offloaded)"]
+    return zero_section_problems(path, ds_config["zero_optimization"])
+
+
+def zero_section_problems(path, zero):
+    """What DeepSpeed's own model of the "zero_optimization" section (DeepSpeedZeroConfig, pydantic) refuses, which it
+    would otherwise raise as a traceback once the model is loaded: one line a field. "auto" values are Transformers'
+    to fill in and are left out of the check."""
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+    from pydantic import ValidationError
+
+    def without_auto(value):
+        if isinstance(value, dict):
+            return {key: without_auto(item) for key, item in value.items() if item != "auto"}
+        return value
+
+    try:
+        DeepSpeedZeroConfig(**without_auto(zero))
+    except ValidationError as err:
+        problems = []
+        for error in err.errors():
+            where = ".".join(["zero_optimization", *map(str, error["loc"])])
+            problems.append(f"--deepspeed {path}: \"{where}\" is {json.dumps(error.get('input'))}: "
+                            f"{error['msg'].replace(' or 3', '') if 'stage' in where else error['msg']}; fix it, "
+                            "or start from the shipped ds_config.json")
+        return problems
+    except TypeError as err:  # a section that is not a mapping of fields
+        return [f"--deepspeed {path}: \"zero_optimization\" cannot be read ({err}); start from the shipped "
+                "ds_config.json"]
     return []

@@ -114,6 +114,8 @@ def stand_in_for_launcher():
         return
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(free_port()), **{NO_LAUNCHER: "1"})
+    # One process has every core; said here, since accelerate warns on every run of a "launched" process without it.
+    os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
 
 
 def settle_cpu_threads():

@@ -57,6 +57,10 @@ def make_files(w, corpus):
     (w / "afile").write_text("not a folder\n")
     (w / "broken_ds.json").write_text('{\n  "zero_optimization": {"stage": 2},\n  "fp16": {"enabled": auto}\n}\n')
     (w / "mismatch_ds.json").write_text(json.dumps(MISMATCHED_DS, indent=2))
+    (w / "stage5_ds.json").write_text(json.dumps({"zero_optimization": {"stage": 5, "offload_optimizer":
+                                                                        {"device": "gpu"}}}))
+    (w / "nul.txt").write_bytes(b"\x00" * 4096)  # valid UTF-8, no text: a file zeroed by a failed copy
+    (w / "blank.txt").write_text(" \n\n\t \n", encoding="utf-8")
     (w / "readonly").mkdir()
     previous = w / "previous" / "checkpoint-5"
     previous.mkdir(parents=True)
@@ -156,6 +160,21 @@ CASES = [
       ("--gradient_accumulation_steps 0", "at least 1"), ("--learning_rate -1", "0 or more"),
       ("--warmup_steps -1", "0 or more"), ("--max_steps -5", "-1 to train --num_train_epochs"),
       ("--seed -1", "0 to 4294967295"), ("--save_steps 0", "--save_strategy no")], {}, []),
+    # DeepSpeed's own model of the ZeRO section refused these with a pydantic traceback once the model had loaded.
+    ("deepspeed-zero-section-invalid", ["--deepspeed", "{w}/stage5_ds.json"],
+     [("--deepspeed", "{w}/stage5_ds.json", '"zero_optimization.stage" is 5', "0, 1, 2, 3", "ds_config.json"),
+      ("--deepspeed", "{w}/stage5_ds.json", '"zero_optimization.offload_optimizer.device" is "gpu"', "'cpu'")],
+     {}, []),
+    # The datasets reader failed on NUL bytes with a traceback; whitespace was "use --block_size 9 or less".
+    ("text-files-without-text", ["--train_file", "{w}/nul.txt", "--validation_file", "{w}/blank.txt"],
+     [("--train_file", "{w}/nul.txt", "only NUL bytes", "put text in it"),
+      ("--validation_file", "{w}/blank.txt", "only whitespace", "put text in it")], {}, []),
+    # argparse took -1e-4 for a flag ("expected one argument"), so the check's own line never came.
+    ("negative-value-after-a-space", ["--learning_rate", "-1e-4"], [("--learning_rate -0.0001", "0 or more")], {}, []),
+    # 1,000 sequences a step from a few hundred trained "1 steps per epoch" without a word.
+    ("batch-larger-than-the-data", ["--per_device_train_batch_size", "1000"],
+     [("--per_device_train_batch_size 1000", "= 1,000 sequences a step, but the training data holds",
+       "or less, or give more text")], {}, []),
     ("dtype-contradicts-precision", ["--dtype", "float16", "--bf16"],
      [("--dtype float16 with --bf16", "use --fp16, or drop --dtype")], {}, []),
     ("fp16-weights-without-master-copy", ["--dtype", "float16"],
