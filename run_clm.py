@@ -23,7 +23,7 @@ os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 from clmkit import checks  # noqa: E402  (first: clmkit quiets the libraries' known-harmless messages)
 from clmkit.args import deepspeed_config, parse_args, with_flags  # noqa: E402
-from clmkit.buildlocks import clear_stale_build_locks  # noqa: E402
+from clmkit.buildlocks import announce_cpu_adam_build, clear_stale_build_locks  # noqa: E402
 from clmkit.checkpoints import (delete_replaced_runs, finished_at, prepare_resume, resume_point,  # noqa: E402
                                 what_a_rerun_finds, written_with)  # noqa: E402
 from clmkit.cpucomm import prepare_deepspeed_on_cpu, release_shared_memory  # noqa: E402
@@ -143,6 +143,7 @@ def load_data(data_args, model_args, training_args, tokenizer, block_size):
 def load_model(model_args, config, tokenizer, training_args):
     if training_args.deepspeed:
         clear_stale_build_locks()  # else a run killed while DeepSpeed built its CPU Adam blocks every rerun
+        announce_cpu_adam_build(deepspeed_config(training_args))
     prepare_deepspeed_on_cpu(training_args)  # before the model: ZeRO-3 partitions it as it is built
     set_seed(training_args.seed)  # a model built from a config draws its weights now: the same --seed, the same init
     return load_model_for_training(model_args, config, tokenizer, training_args)

@@ -21,6 +21,24 @@ from .machine import first_process
 STALE_LOCK_SECONDS = 30
 
 
+def built(op_name):
+    """Whether torch's extensions folder holds a finished build of DeepSpeed's `op_name` (e.g. cpu_adam)."""
+    chosen = os.environ.get("TORCH_EXTENSIONS_DIR")
+    pattern = os.path.join(chosen, op_name, f"{op_name}.so") if chosen else \
+        os.path.join(get_default_build_root(), "*", op_name, f"{op_name}.so")
+    return bool(glob.glob(pattern))
+
+
+def announce_cpu_adam_build(ds_config):
+    """A line before the minute or more DeepSpeed spends compiling its CPU Adam the first time on a machine, during
+    which nothing else is printed."""
+    zero = (ds_config or {}).get("zero_optimization") or {}
+    offloaded = (zero.get("offload_optimizer") or {}).get("device", "none") in ("cpu", "nvme")
+    if offloaded and not built("cpu_adam") and first_process():
+        print("notice: building DeepSpeed's CPU Adam once on this machine (about a minute, with a C++ compiler); later "
+              "runs reuse it", flush=True)
+
+
 def clear_stale_build_locks():
     """Remove each lock older than STALE_LOCK_SECONDS that no process works beside (ninja and the compiler run in
     the lock's folder)."""

@@ -232,6 +232,40 @@ def written_with(training_args):
             "split": (shape["micro_batch"], shape["accumulation"]) if shape else None}
 
 
+def extension_notice(checkpoint, training_args):
+    """A rerun with a higher --max_steps than the run its checkpoint finished: its new steps go on along the learning
+    rate schedule the Trainer builds for the new length, at the checkpoint's step, which is near its end. One notice:
+    the rate they get, and how to train them at a fresh schedule instead. '' otherwise."""
+    state = trainer_state(checkpoint)
+    done, target, before = state.get("global_step", 0), training_args.max_steps, state.get("max_steps", 0)
+    if target <= 0 or not 0 < before <= done < target:
+        return ""
+    # The first new step trains at the rate the checkpoint's optimizer ended with (its schedule's last); the schedule
+    # built for the new length sets each later one.
+    first = learning_rate_at(training_args, done, before)
+    rest = "" if target - done == 1 else (f", then {learning_rate_at(training_args, done + 1, target):.3g} falling to "
+                                          f"{learning_rate_at(training_args, target - 1, target):.3g}")
+    schedule = getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type)
+    return (f"notice: {checkpoint} ended a run of {before} steps; its {target - done} new steps ({done + 1}-{target}) go "
+            f"on at the end of its learning-rate schedule: {first:.3g} (where the {before}-step schedule ended){rest} "
+            f"(--learning_rate {training_args.learning_rate:g}, {schedule}); "
+            f"to train them at the full schedule instead, start a new run from its weights: --model_name_or_path "
+            f"{training_args.output_dir} --output_dir ANOTHER_FOLDER --max_steps {target - done}")
+
+
+def learning_rate_at(training_args, step, total):
+    """The learning rate the Trainer's schedule (--lr_scheduler_type, --warmup_steps) gives at `step` of `total`."""
+    from transformers import get_scheduler
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=training_args.learning_rate)
+    warmup = training_args.warmup_steps
+    warmup = int(warmup * total) if 0 < warmup < 1 else int(warmup)
+    scheduler = get_scheduler(training_args.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
+                              num_training_steps=total, scheduler_specific_kwargs=training_args.lr_scheduler_kwargs)
+    return training_args.learning_rate * scheduler.lr_lambdas[0](step) if hasattr(scheduler, "lr_lambdas") else \
+        scheduler.get_last_lr()[0]
+
+
 def saved_record(checkpoint, callback):
     """What a callback of the kind `callback` (an ExportableState) recorded in the checkpoint, or None."""
     saved = (trainer_state(checkpoint).get("stateful_callbacks") or {}).get(callback.__name__)
@@ -285,8 +319,10 @@ def prepare_resume(trainer, checkpoint):
                          "--overwrite_output_dir to start from step 0")
     shape = saved_record(checkpoint, RunShape)
     world = args.world_size
-    for notice in changed_flag_notices(checkpoint, args) if first_process() else []:
-        print(notice, flush=True)
+    for notice in [*changed_flag_notices(checkpoint, args), extension_notice(checkpoint, args)] \
+            if first_process() else []:
+        if notice:
+            print(notice, flush=True)
     if shape and first_process():
         before = shape["processes"] * shape["micro_batch"] * shape["accumulation"]
         now = world * args.per_device_train_batch_size * args.gradient_accumulation_steps

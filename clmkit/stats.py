@@ -1,4 +1,5 @@
-"""What a run cost, measured: s/step, tokens/s, peak GPU and host memory, time from launch to the first step.
+"""What a run cost, measured: s/step, tokens/s, peak GPU and host memory, time from launch to the end of the first
+step (loading, and compiling where a step compiles, included).
 
 Written to output_dir/run_stats.json by rank 0 at the end of training; the benchmark and docs/gpu-runs.md read it.
 Once the final model is written, the host peak through that save is added: writing model.safetensors copies every
@@ -11,6 +12,7 @@ import statistics
 import time
 
 import torch
+from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
 from .machine import GiB, TreeMemorySampler, run_root
@@ -22,16 +24,14 @@ class RunStatsCallback(TrainerCallback):
         self.tokens_per_step = tokens_per_step
         self.warmup_steps = warmup_steps  # the first steps' times (compiling, allocating) are left out
         self.launched = run_root().create_time()  # when the user's command started
-        self.first_step_at = None
+        self.first_step_done = None  # the end of the first step: what a user waits for (compiling included)
         self.step_ends = []
         self.host = host_memory or TreeMemorySampler()  # peak from launch to the end of training
 
-    def on_step_begin(self, args, state, control, **kwargs):
-        if self.first_step_at is None:
-            self.first_step_at = time.time()
-
     def on_step_end(self, args, state, control, **kwargs):
         self.step_ends.append(time.time())
+        if self.first_step_done is None:
+            self.first_step_done = self.step_ends[0]
 
     def summary(self):
         durations = [b - a for a, b in zip(self.step_ends, self.step_ends[1:])][self.warmup_steps:]
@@ -41,7 +41,7 @@ class RunStatsCallback(TrainerCallback):
             "s_per_step": s_per_step,
             "tokens_per_step": self.tokens_per_step,
             "tokens_per_s": self.tokens_per_step / s_per_step if s_per_step else None,
-            "time_to_first_step_s": self.first_step_at - self.launched if self.first_step_at else None,
+            "time_to_first_step_s": self.first_step_done - self.launched if self.first_step_done else None,
             "peak_host_rss_gib": self._host_peak() / GiB,
         }
         if torch.cuda.is_available():
@@ -62,8 +62,9 @@ class RunStatsCallback(TrainerCallback):
         if state.is_world_process_zero:
             with open(self.path, "w", encoding="utf-8") as f:
                 json.dump(stats, f, indent=2)
-            print("run stats: " + json.dumps({k: round(v, 3) if isinstance(v, float) else v
-                                              for k, v in stats.items()}), flush=True)
+            # on a line of its own, not after the progress bar's
+            tqdm.write("run stats: " + json.dumps({k: round(v, 3) if isinstance(v, float) else v
+                                                   for k, v in stats.items()}))
 
     def add_peak_through_save(self, is_main_process):
         """After the final model is written: the host peak from launch through that save, into run_stats.json."""

@@ -261,7 +261,8 @@ def build_trainer(model, tokenizer, training_args, block_size, train_set, eval_s
         count, kind = compile_blocks(model, training_args.torch_compile_backend, training_args.torch_compile_mode)
         if count and first_process():
             print(f"--torch_compile: {count} {kind} blocks compiled (one graph, reused); the rest of the model "
-                  "runs as it is", flush=True)
+                  "runs as it is. The first step compiles the graph: about 15-30 s on a GPU, a minute or more on a "
+                  "CPU", flush=True)
         training_args.torch_compile = False
         training_args.torch_compile_backend = training_args.torch_compile_mode = None
     allow_loading_onto_indexed_cpu()  # a resume on several CPU processes

@@ -112,6 +112,16 @@ def test_rerunning_a_finished_command_changes_nothing(tiny_model, corpus, tmp_pa
     log = run_to_end(longer)
     assert f"resuming from {out}/checkpoint-{STEPS}" in log
     assert final_state(out)[0] == STEPS + SAVE_EVERY
+    # The new steps run at the tail of the schedule the Trainer builds for the longer run: said, with the way out.
+    assert (f"notice: {out}/checkpoint-{STEPS} ended a run of {STEPS} steps; its {SAVE_EVERY} new steps "
+            f"({STEPS + 1}-{STEPS + SAVE_EVERY}) go on at the end of its learning-rate schedule: 0 (where the "
+            f"{STEPS}-step schedule ended), then 0.000208 falling to 4.17e-05 (--learning_rate 0.001, linear)") in log, \
+        log[-3000:]
+    with open(out / "trainer_state.json") as f:  # the rates it names are the ones the steps trained at
+        rates = [entry["learning_rate"] for entry in json.load(f)["log_history"] if "loss" in entry][STEPS:]
+    assert rates[0] == 0 and rates[1] == pytest.approx(0.000208, rel=1e-2) and rates[-1] == pytest.approx(4.17e-5,
+                                                                                                          rel=1e-2)
+    assert f"--model_name_or_path {out} --output_dir ANOTHER_FOLDER --max_steps {SAVE_EVERY}" in log
 
 
 # ---------------------------------------------------------------- a build killed half-way

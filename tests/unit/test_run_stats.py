@@ -36,3 +36,18 @@ def test_the_peak_through_the_final_save_is_added_after_training(tmp_path):
         stats = json.load(f)
     assert stats["peak_host_rss_gib"] == during_training
     assert stats["peak_host_rss_through_save_gib"] > during_training + 0.7
+
+
+def test_the_time_to_the_first_step_runs_to_its_end(tmp_path, monkeypatch):
+    """A first step that compiles (--torch_compile on a CPU: 74 s) is part of the wait: the figure runs from the
+    command's start to the end of the first step, not to its beginning."""
+    from clmkit import stats as stats_module
+
+    callback = RunStatsCallback(str(tmp_path), tokens_per_step=1024,
+                                host_memory=TreeMemorySampler(root=psutil.Process()))
+    callback.launched = 1000.0
+    for now, event in ((1006.0, callback.on_step_begin), (1080.0, callback.on_step_end),
+                       (1081.0, callback.on_step_begin), (1082.0, callback.on_step_end)):
+        monkeypatch.setattr(stats_module.time, "time", lambda now=now: now)
+        event(None, None, None)
+    assert callback.summary()["time_to_first_step_s"] == 80.0
