@@ -5,6 +5,7 @@ import dataclasses
 import difflib
 import json
 import re
+import shutil
 import sys
 from dataclasses import dataclass, field
 from typing import Optional
@@ -265,22 +266,80 @@ file override its values. Rerunning the same command resumes from the newest che
 This tool's own flags come first below, then those of Transformers' Trainer."""
 
 
+# The Trainer's flags in groups a reader looks for, by the first rule that names the field; the rest come last.
+TRAINER_GROUPS = (
+    ("what to run and where results go", ("do_train", "do_eval", "do_predict", "output_dir",
+                                          "resume_from_checkpoint", "seed", "data_seed", "full_determinism")),
+    ("batch, schedule and optimizer", ("per_device_", "gradient_accumulation", "num_train_epochs", "max_steps",
+                                       "learning_rate", "lr_scheduler", "warmup", "optim", "weight_decay", "adam_",
+                                       "max_grad_norm", "label_smoothing", "auto_find_batch_size", "neftune",
+                                       "average_tokens")),
+    ("precision, memory and speed", ("bf16", "fp16", "tf32", "gradient_checkpointing", "torch_compile", "liger",
+                                     "use_cache", "torch_empty_cache", "use_cpu", "deepspeed")),
+    ("evaluation, saving and logging", ("eval", "prediction_loss_only", "include_", "batch_eval", "save_",
+                                        "enable_jit_checkpoint", "logging_", "log_", "disable_tqdm",
+                                        "load_best_model", "metric_for_best", "greater_is_better")),
+    ("reporting and the model hub", ("report_to", "run_name", "project", "trackio", "push_to_hub", "hub_")),
+)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """A wider page (--help's paragraphs were wrapped at 55 characters, doubling its length), each flag named once."""
+
+    def __init__(self, prog):
+        super().__init__(prog, max_help_position=36, width=min(120, shutil.get_terminal_size((120, 24)).columns))
+
+    def _get_default_metavar_for_optional(self, action):
+        return {int: "N", float: "NUMBER"}.get(action.type, "VALUE")
+
+    def _format_action_invocation(self, action):
+        # One name a flag (--overwrite_output_dir, not also --overwrite-output-dir), its value once.
+        if not action.option_strings:
+            return super()._format_action_invocation(action)
+        if action.nargs == 0:
+            return action.option_strings[0]
+        value = "[true|false]" if action.nargs == "?" and action.const is True else \
+            self._format_args(action, self._get_default_metavar_for_optional(action))
+        return f"{action.option_strings[0]} {value}"
+
+
 def make_parser():
     parser = HfArgumentParser((ModelArguments, DataArguments, ClmTrainingArguments), description=DESCRIPTION,
                               usage="run_clm.py [FLAGS] | run_clm.py FLAGS.json [FLAGS]",
-                              formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+                              formatter_class=HelpFormatter, allow_abbrev=False)
     parser.error = _one_line_error  # argparse would print the whole usage (hundreds of flags) first
-    # Ours first, the run's own switches (--plan, --chunked_loss) ahead of the model and data flags.
+    # Ours first, the run's own switches (--mode, --plan, --chunked_loss) ahead of the model and data flags.
     switches = [name for name in ClmTrainingArguments.__dataclass_fields__
                 if name not in TrainingArguments.__dataclass_fields__]
     own = switches + [f.name for kind in (ModelArguments, DataArguments) for f in dataclasses.fields(kind)]
-    ours = parser.add_argument_group("this tool's flags")
-    trainer = parser.add_argument_group("Transformers' Trainer flags (TrainingArguments)")
     actions = [a for a in parser._optionals._group_actions if a.dest != "help"]
-    ours._group_actions = sorted((a for a in actions if a.dest in own), key=lambda a: own.index(a.dest))
-    trainer._group_actions = [a for a in actions if a.dest not in own]
+    _each_pair_once(actions)
+    groups = [("this tool's flags", sorted((a for a in actions if a.dest in own), key=lambda a: own.index(a.dest)))]
+    rest = [a for a in actions if a.dest not in own]
+    for title, rules in TRAINER_GROUPS:
+        taken = [a for a in rest if any(a.dest == rule or a.dest.startswith(rule) for rule in rules)]
+        groups.append((f"Trainer flags: {title}", taken))
+        rest = [a for a in rest if a not in taken]
+    groups.append(("other Trainer flags (TrainingArguments: distributed set-ups, data loading, ...)", rest))
+    for title, members in groups:
+        parser.add_argument_group(title)._group_actions = members
     parser._optionals._group_actions = [a for a in parser._optionals._group_actions if a.dest == "help"]
     return parser
+
+
+def _each_pair_once(actions):
+    """A --X/--no_X pair shows one paragraph: --no_X's (the same text again) is hidden, and --X's names it."""
+    by_dest = {}
+    for action in actions:
+        by_dest.setdefault(action.dest, []).append(action)
+    for pair in by_dest.values():
+        negative = [a for a in pair if any(option.startswith("--no_") for option in a.option_strings)]
+        positive = [a for a in pair if a not in negative]
+        for action in negative:
+            action.help = argparse.SUPPRESS
+        for action in positive:
+            if negative and action.help and "--no_" not in action.help:
+                action.help += f" --no_{action.dest} turns it off."
 
 
 def parse_args(argv=None, notices=True):
@@ -465,7 +524,9 @@ def unknown_flag_problems(unknown, parser):
                 problems.append(f"unexpected argument {word!r}: flags are written --name value; "
                                 "see `python run_clm.py --help`")
             continue
-        nearest = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        nearest = difflib.get_close_matches(name, known, n=3, cutoff=0.75)
+        if "train" not in name and "eval" not in name:  # --per_device_batch_size: the training one is meant
+            nearest.sort(key=lambda option: "eval" in option)
         hint = f"did you mean {nearest[0]}?" if nearest else "see `python run_clm.py --help`"
         problems.append(f"unknown flag {name}: {hint}")
     return problems

@@ -38,7 +38,7 @@ def test_help_opens_with_a_description_and_this_tools_flags():
     usage, description = text.split("\n\n")[:2]
     assert usage.count("\n") <= 1 and "--learning_rate" not in usage  # not hundreds of flags
     assert description.startswith("Fine-tune every parameter")
-    ours, trainer = text.index("this tool's flags:"), text.index("Transformers' Trainer flags")
+    ours, trainer = text.index("this tool's flags:"), text.index("Trainer flags: ")
     for flag in ("--plan", "--chunked_loss", "--model_name_or_path", "--train_file", "--prompt_column"):
         assert ours < text.index(f"\n  {flag} ") < trainer, flag
     assert trainer < text.index("\n  --learning_rate ")
@@ -65,3 +65,26 @@ def test_plan_takes_bf16_for_an_assumed_gpu(monkeypatch):
     flags = ["--output_dir", "x", "--do_train", "--bf16", "--dtype", "bfloat16", "--plan"]
     _, _, training_args, refused = parse_args(flags)
     assert training_args.bf16 is True and refused == []
+
+
+def test_help_puts_the_tools_flags_first_each_pair_once_and_groups_the_trainers():
+    """--help was 617 lines: every --X/--no_X pair said its paragraph twice, wrapped at 55 characters, and some 150
+    Trainer flags followed in one heap."""
+    from clmkit.args import make_parser
+
+    text = make_parser().format_help()
+    headings = [line for line in text.splitlines() if line and not line.startswith(" ") and line.endswith(":")]
+    assert headings[:3] == ["options:", "this tool's flags:", "Trainer flags: what to run and where results go:"]
+    assert "Trainer flags: batch, schedule and optimizer:" in headings and len(headings) == 8
+    assert text.count("Recompute activations in the backward pass") == 1  # --gradient_checkpointing, not its --no_
+    assert "--no_gradient_checkpointing turns it off" in text and "--overwrite-output-dir" not in text
+    assert text.index("\n  --mode {") < text.index("\n  --model_name_or_path VALUE") < \
+        text.index("\n  --learning_rate NUMBER")
+    assert len(text.splitlines()) < 420
+
+
+def test_an_unknown_flag_suggests_the_training_flag_meant():
+    from clmkit.args import make_parser, unknown_flag_problems
+
+    assert unknown_flag_problems(["--per_device_batch_size"], make_parser()) == [
+        "unknown flag --per_device_batch_size: did you mean --per_device_train_batch_size?"]
