@@ -40,6 +40,10 @@ def silence_known_noise():
         logging.getLogger(name).addFilter(_DropHarmless(texts))
     # torchao's 8-bit optimizer state, compiled by torch: a notice to torchao's authors about caching.
     warnings.filterwarnings("ignore", message=r"OptimState8bit does not implement _stable_hash_for_caching")
+    # torch 2.13 renamed the collectives DeepSpeed's ZeRO-3 calls (all_gather_into_tensor, reduce_scatter_tensor):
+    # a notice to DeepSpeed's authors, three times a run.
+    warnings.filterwarnings("ignore", category=FutureWarning,
+                            message=r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated")
 
 
 silence_known_noise()

@@ -190,6 +190,7 @@ def test_zero3_offload_trains_on_cpu(tmp_path, tiny_model, corpus):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "DeepSpeed ZeRO-3 with parameters and optimizer in CPU RAM" in result.stdout
     assert "0.15M parameters" in result.stdout  # counted from the meta model, not ZeRO-3's empty placeholders
+    assert "is deprecated" not in result.stderr  # torch's notice to DeepSpeed about its collectives, 3 times a run
     check_trained_run(out)
 
     from safetensors import safe_open
