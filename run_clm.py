@@ -33,8 +33,8 @@ from clmkit.loading import load_model_for_training, speed_switches  # noqa: E402
 from clmkit.machine import TreeMemorySampler, apply_gpu_memory_cap, first_process, settle_cpu_threads  # noqa: E402
 from clmkit.plan import make_plan  # noqa: E402
 from clmkit.plan_report import report, startup_summary, stop_problems  # noqa: E402
-from clmkit.trainer import (add_host_peak_through_save, build_trainer, describe, save_final_model,  # noqa: E402
-                            stop_signal)
+from clmkit.trainer import (add_host_peak_through_save, build_trainer, describe, report_run_stats,  # noqa: E402
+                            save_final_model, stop_signal)
 
 import torch.distributed as dist  # noqa: E402
 from transformers import set_seed  # noqa: E402
@@ -68,7 +68,7 @@ def main(argv=None):
 
 def parse_arguments(argv):
     try:
-        model_args, data_args, training_args, refused = parse_args(argv)
+        model_args, data_args, training_args, refused = parse_args(argv, command=True)
     except dist.DistNetworkError as err:  # TrainingArguments starts the process group of a launched run
         if "EADDRINUSE" not in str(err):
             raise
@@ -100,7 +100,7 @@ def check_inputs(model_args, data_args, training_args, refused):
     if plan is not None:
         problems += plan.problems
     if plan is not None and not problems:  # the run as its mode trains it: the mode's flags taken on
-        model_args, data_args, training_args = with_flags(training_args, plan.flags)
+        model_args, data_args, training_args = with_flags(training_args, plan.flags, command=True)
         training_args.mode_reason, training_args.mode_changes = plan.how, plan.changes
         ds_config = copy.deepcopy(deepspeed_config(training_args))
         problems += checks.mode_problems(model_args, training_args, ds_config)
@@ -161,6 +161,7 @@ def train(trainer, training_args, train_set):
             print(f"\nstopped at once by a second Ctrl-C; {what_a_rerun_finds(training_args.output_dir)}",
                   file=sys.stderr, flush=True)
         sys.exit(128 + signal.SIGINT)
+    report_run_stats(trainer)
     received = stop_signal(trainer)
     if received:
         step = trainer.state.global_step

@@ -342,18 +342,20 @@ def _each_pair_once(actions):
                 action.help += f" --no_{action.dest} turns it off."
 
 
-def parse_args(argv=None, notices=True):
+def parse_args(argv=None, notices=True, command=False):
     """(model_args, data_args, training_args, refused) from flags, or one .json file of them and flags after it that
     override its values. `refused` holds one line for each flag TrainingArguments itself refused; those flags are
     set aside (to their defaults) so that the checks can still report every other problem in the same run.
-    training_args.given_flags holds the flags the command line gave, by field, with their values as read."""
+    training_args.given_flags holds the flags the command line gave, by field, with their values as read.
+    command: parsing for the run_clm.py process itself, which may stand in for DeepSpeed's launcher (it sets the
+    process's environment, which other callers' child processes would inherit)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = make_parser()
     argv = _with_json_file_flags(argv)
     argv = translate_legacy_flags(argv) if notices else _translated_quietly(argv)
     argv = _negative_values_joined(argv, parser)
     _plan_for_another_machine(parser, argv)
-    if any(word == "--deepspeed" or word.startswith("--deepspeed=") for word in argv):
+    if command and any(word == "--deepspeed" or word.startswith("--deepspeed=") for word in argv):
         stand_in_for_launcher()  # before TrainingArguments, which starts DeepSpeed's process group
     refused = []
     try:
@@ -369,14 +371,14 @@ def parse_args(argv=None, notices=True):
         if first_process():
             print("notice: --do_eval without --do_train: evaluating without DeepSpeed (ZeRO has an evaluation-only "
                   "mode for stage 3 alone; the 16-bit or fp32 weights fit the GPU without it)", file=sys.stderr)
-        return parse_args(_without_flag(argv, "--deepspeed"), notices)
+        return parse_args(_without_flag(argv, "--deepspeed"), notices, command)
     settle_warmup(training_args)
     training_args.command_flags = argv
     training_args.given_flags = given_flags(argv, parser, (model_args, data_args, training_args))
     return model_args, data_args, training_args, refused
 
 
-def with_flags(training_args, flags: dict):
+def with_flags(training_args, flags: dict, command=False):
     """(model_args, data_args, training_args) parsed again from the command's flags with `flags` (field -> value)
     after them, so that those win: the flags of the mode a run settled in. What the command line gave stays
     recorded as given."""
@@ -384,7 +386,8 @@ def with_flags(training_args, flags: dict):
     for key, value in flags.items():
         if value is not None:
             extra += [f"--{key}", str(value)]
-    model_args, data_args, new_args, _ = parse_args(training_args.command_flags + extra, notices=False)
+    model_args, data_args, new_args, _ = parse_args(training_args.command_flags + extra, notices=False,
+                                                    command=command)
     new_args.given_flags = training_args.given_flags
     return model_args, data_args, new_args
 

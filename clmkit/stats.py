@@ -12,7 +12,6 @@ import statistics
 import time
 
 import torch
-from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
 from .machine import GiB, TreeMemorySampler, run_root
@@ -24,6 +23,7 @@ class RunStatsCallback(TrainerCallback):
         self.tokens_per_step = tokens_per_step
         self.warmup_steps = warmup_steps  # the first steps' times (compiling, allocating) are left out
         self.launched = run_root().create_time()  # when the user's command started
+        self.line = ""  # run_stats.json in one line, once written
         self.first_step_done = None  # the end of the first step: what a user waits for (compiling included)
         self.step_ends = []
         self.host = host_memory or TreeMemorySampler()  # peak from launch to the end of training
@@ -62,9 +62,9 @@ class RunStatsCallback(TrainerCallback):
         if state.is_world_process_zero:
             with open(self.path, "w", encoding="utf-8") as f:
                 json.dump(stats, f, indent=2)
-            # on a line of its own, not after the progress bar's
-            tqdm.write("run stats: " + json.dumps({k: round(v, 3) if isinstance(v, float) else v
-                                                   for k, v in stats.items()}))
+            # said once training has returned (report_run_stats): here the progress bar is still on its line
+            self.line = "run stats: " + json.dumps({k: round(v, 3) if isinstance(v, float) else v
+                                                    for k, v in stats.items()})
 
     def add_peak_through_save(self, is_main_process):
         """After the final model is written: the host peak from launch through that save, into run_stats.json."""

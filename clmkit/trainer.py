@@ -296,6 +296,13 @@ def stop_signal(trainer):
     return stop.received
 
 
+def report_run_stats(trainer):
+    """run_stats.json's figures on one line, once training has returned and its progress bar has ended its line."""
+    stats = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, RunStatsCallback))
+    if stats.line:
+        print(stats.line, flush=True)
+
+
 def add_host_peak_through_save(trainer):
     """run_stats.json gains the host peak through the final save (called once the final model is written)."""
     stats = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, RunStatsCallback))

@@ -168,7 +168,7 @@ def test_start_up_shows_the_batch_arithmetic(two, one):
 
 def test_one_process_speaks_and_writes(two):
     out, log = two
-    for once in ("model:", "batch:", "verdict:", "notice: no --warmup_steps", "***** train metrics *****",
+    for once in ("mode:", "model:", "batch:", "verdict:", "***** train metrics *****",
                  "***** eval metrics *****", "run stats:", "checkpoint-6 written in"):
         assert log.count(once) == 1, once
     # save_pretrained's progress bar: checkpoint-6, checkpoint-12 and the final model, each by one process
@@ -467,19 +467,30 @@ def test_a_killed_run_leaves_no_shared_memory_behind(model, corpus, tmp_path):
         proc.wait()
 
 
-def _settle_on_rank(rank, port, seen):
-    import torch.distributed as dist
+# Two gloo processes, each seeing another machine (as free RAM measured a moment apart can differ), print what
+# each ends with. Run as a script of its own: spawning from the test's process would leave multiprocessing's resource
+# tracker running in it.
+TWO_RANKS = """
+import sys
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from clmkit.machine import same_on_every_process
 
-    from clmkit.machine import same_on_every_process
-
+def rank_main(rank, port):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    # Each rank's own view differs (as free RAM measured a moment apart can): each ends with rank 0's choice.
-    seen[rank] = same_on_every_process(("bf16" if rank == 0 else "fp16", (8, 2) if rank == 0 else (4, 4)))
+    seen = same_on_every_process(("bf16", (8, 2)) if rank == 0 else ("fp16", (4, 4)))
+    print(f"rank {rank}: {seen}", flush=True)
     dist.destroy_process_group()
 
+if __name__ == "__main__":
+    mp.spawn(rank_main, args=(int(sys.argv[1]),), nprocs=2)
+"""
 
-def test_every_process_trains_in_the_mode_rank_0_chose():
-    with torch.multiprocessing.Manager() as manager:  # its server process goes with the block
-        seen = manager.dict()
-        torch.multiprocessing.spawn(_settle_on_rank, args=(free_port(), seen), nprocs=2)
-        assert dict(seen) == {0: ("bf16", (8, 2)), 1: ("bf16", (8, 2))}
+
+def test_every_process_trains_in_the_mode_rank_0_chose(tmp_path):
+    script = tmp_path / "two_ranks.py"
+    script.write_text(TWO_RANKS)
+    result = run([sys.executable, str(script), str(free_port())], env={"PYTHONPATH": REPO})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(line for line in result.stdout.splitlines() if line.startswith("rank ")) == [
+        "rank 0: ('bf16', (8, 2))", "rank 1: ('bf16', (8, 2))"]

@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 
 import pytest
 
@@ -148,3 +149,19 @@ def test_a_port_in_use_is_one_line_naming_the_flag(tiny_model, corpus, tmp_path)
                       f"machine?); give the launcher a free one: deepspeed --master_port {port + 1} --num_gpus=N "
                       "run_clm.py ... (torchrun takes --master_port too)"], result.stderr[-3000:]
     assert "Traceback" not in result.stderr
+
+
+def test_run_stats_start_a_line_of_their_own_in_a_log_file(tiny_model, corpus, tmp_path):
+    """Both streams into one log file, as `python run_clm.py ... > train.log 2>&1` makes it: the run stats line
+    came while the progress bar still held its line, and was glued to its end."""
+    import subprocess
+
+    out = tmp_path / "out"
+    with open(tmp_path / "train.log", "w") as log:
+        code = subprocess.call([sys.executable, os.path.join(REPO, "run_clm.py"), "--model_name_or_path",
+                                str(tiny_model), "--train_file", str(corpus / "train.txt"), "--do_train",
+                                "--output_dir", str(out), "--block_size", "64", "--max_steps", "4",
+                                "--save_strategy", "no", "--use_cpu"], stdout=log, stderr=subprocess.STDOUT)
+    text = (tmp_path / "train.log").read_text()
+    assert code == 0, text[-3000:]
+    assert [line for line in text.splitlines() if "run stats: {" in line][0].startswith("run stats: {")

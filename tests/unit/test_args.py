@@ -67,11 +67,12 @@ def test_plan_takes_bf16_for_an_assumed_gpu(monkeypatch):
     assert training_args.bf16 is True and refused == []
 
 
-def test_help_puts_the_tools_flags_first_each_pair_once_and_groups_the_trainers():
+def test_help_puts_the_tools_flags_first_each_pair_once_and_groups_the_trainers(monkeypatch):
     """--help was 617 lines: every --X/--no_X pair said its paragraph twice, wrapped at 55 characters, and some 150
     Trainer flags followed in one heap."""
     from clmkit.args import make_parser
 
+    monkeypatch.setenv("COLUMNS", "120")  # a terminal as wide as the page; a narrower one wraps more
     text = make_parser().format_help()
     headings = [line for line in text.splitlines() if line and not line.startswith(" ") and line.endswith(":")]
     assert headings[:3] == ["options:", "this tool's flags:", "Trainer flags: what to run and where results go:"]
