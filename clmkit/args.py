@@ -284,7 +284,8 @@ TRAINER_GROUPS = (
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """A wider page (--help's paragraphs were wrapped at 55 characters, doubling its length), each flag named once."""
+    """A page up to 120 columns wide (argparse's own wraps each paragraph at about 55 characters, doubling the page),
+    each flag named once."""
 
     def __init__(self, prog):
         super().__init__(prog, max_help_position=36, width=min(120, shutil.get_terminal_size((120, 24)).columns))
