@@ -101,11 +101,10 @@ def check_inputs(model_args, data_args, training_args, refused):
         problems += plan.problems
     if plan is not None and not problems:  # the run as its mode trains it: the mode's flags taken on
         model_args, data_args, training_args = with_flags(training_args, plan.flags, command=True)
-        training_args.mode_reason, training_args.mode_changes = plan.how, plan.changes
         ds_config = copy.deepcopy(deepspeed_config(training_args))
         problems += checks.mode_problems(model_args, training_args, ds_config)
         plan = checks.attempt(problems, make_plan, config, tokenizer, model_args, training_args,
-                              block_size, ds_config)
+                              block_size, ds_config, settled=plan)
     if plan is not None and training_args.do_train and not training_args.plan:
         problems += stop_problems(plan)  # --plan shows them as its verdict instead
     raise_if_any(problems)

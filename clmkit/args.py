@@ -196,12 +196,9 @@ class ClmTrainingArguments(TrainingArguments):
                           "machine has, a verdict and the one change most likely to make it fit) and exit, without "
                           "loading data or weights. --machine plans for a machine you do not have."},
     )
-    # Filled by parse_args and the mode's settling, not flags: the flags the command line gave (field -> value), its
-    # flags as read, and why the run trains in its mode and what that changes (the start-up summary says both).
+    # Filled by parse_args, not flags: the flags the command line gave (field -> value), and its flags as read.
     given_flags: dict = field(default_factory=dict, init=False, repr=False)
     command_flags: list = field(default_factory=list, init=False, repr=False)
-    mode_reason: str = field(default="", init=False, repr=False)
-    mode_changes: list = field(default_factory=list, init=False, repr=False)
 
     prediction_loss_only: bool = field(
         default=True,

@@ -21,12 +21,16 @@ from .machine import first_process
 STALE_LOCK_SECONDS = 30
 
 
+def build_folders(op_name="*"):
+    """A glob of the folder torch builds each extension (`op_name`) in: straight under TORCH_EXTENSIONS_DIR when it
+    is set, else under a folder per Python and CUDA version."""
+    chosen = os.environ.get("TORCH_EXTENSIONS_DIR")
+    return os.path.join(chosen, op_name) if chosen else os.path.join(get_default_build_root(), "*", op_name)
+
+
 def built(op_name):
     """Whether torch's extensions folder holds a finished build of DeepSpeed's `op_name` (e.g. cpu_adam)."""
-    chosen = os.environ.get("TORCH_EXTENSIONS_DIR")
-    pattern = os.path.join(chosen, op_name, f"{op_name}.so") if chosen else \
-        os.path.join(get_default_build_root(), "*", op_name, f"{op_name}.so")
-    return bool(glob.glob(pattern))
+    return bool(glob.glob(os.path.join(build_folders(op_name), f"{op_name}.so")))
 
 
 def announce_cpu_adam_build(ds_config):
@@ -42,10 +46,7 @@ def announce_cpu_adam_build(ds_config):
 def clear_stale_build_locks():
     """Remove each lock older than STALE_LOCK_SECONDS that no process works beside (ninja and the compiler run in
     the lock's folder)."""
-    # torch builds straight under TORCH_EXTENSIONS_DIR when it is set, else under a folder per Python and CUDA version.
-    chosen = os.environ.get("TORCH_EXTENSIONS_DIR")
-    locks = glob.glob(os.path.join(chosen, "*", "lock") if chosen else
-                      os.path.join(get_default_build_root(), "*", "*", "lock"))
+    locks = glob.glob(os.path.join(build_folders(), "lock"))
     if not locks:
         return
     working_in = {p.info["cwd"] for p in psutil.process_iter(["cwd"]) if p.info.get("cwd")}

@@ -39,23 +39,30 @@ def find_problems(model_args, data_args, training_args, ds_config):
         if path:
             problems += data_file_problems(flag, path, data_args)
     problems += output_dir_problems(training_args.output_dir)
-    planning = getattr(training_args, "plan", False)
-    problems += machine_precision_problems(training_args.fp16, training_args.bf16, training_args.use_cpu,
-                                           assume_gpu=planning and bool(os.environ.get(GPU_OVERRIDE)))
-    problems += deepspeed_problems(training_args.deepspeed, ds_config, training_args)
+    problems += machine_and_config_problems(training_args, ds_config)
     config, tokenizer = load_config_and_tokenizer(model_args, problems)
     block_size = attempt(problems, choose_block_size, data_args, config) if config is not None else None
     return problems, config, tokenizer, block_size
 
 
 def mode_problems(model_args, training_args, ds_config):
-    """The checks the flags a mode sets could fail, run again once the run has taken them on."""
+    """The checks of the flags a mode sets, run again once the run has taken on its mode's flags."""
+    return machine_and_config_problems(training_args, ds_config) + mode_flag_problems(model_args, training_args)
+
+
+def machine_and_config_problems(training_args, ds_config):
+    """--fp16/--bf16 against this machine (or the one --plan --machine assumes), and the DeepSpeed config."""
     problems = machine_precision_problems(training_args.fp16, training_args.bf16, training_args.use_cpu,
                                           assume_gpu=getattr(training_args, "plan", False)
                                           and bool(os.environ.get(GPU_OVERRIDE)))
-    problems += deepspeed_problems(training_args.deepspeed, ds_config, training_args)
-    problems += optimizer_package_problems(optim_name(training_args))
-    return problems + dtype_problems(model_args, training_args) + in_backward_problems(training_args)
+    return problems + deepspeed_problems(training_args.deepspeed, ds_config, training_args)
+
+
+def mode_flag_problems(model_args, training_args):
+    """The optimizer's package, the weights' dtype against the precision, and what stepping in the backward cannot
+    do."""
+    return (optimizer_package_problems(optim_name(training_args)) + dtype_problems(model_args, training_args)
+            + in_backward_problems(training_args))
 
 
 def batch_problems(n_train_sequences, training_args):
@@ -99,7 +106,6 @@ def flag_problems(model_args, data_args, training_args):
     if data_args.train_file and not data_args.validation_file and not 0 <= pct < 100:
         problems.append(f"--validation_split_percentage {pct}: must be 0 to 99 (the share of --train_file held out "
                         "for evaluation); or give --validation_file")
-    problems += optimizer_package_problems(optim_name(training_args))
     problems += reporting_problems(training_args.report_to)
     problems += hub_problems(training_args)
     path = training_args.resume_from_checkpoint
@@ -107,8 +113,7 @@ def flag_problems(model_args, data_args, training_args):
         problems.append(f"--resume_from_checkpoint {path}: not a complete checkpoint (no trainer_state.json); pick "
                         "another checkpoint-<step> folder, or drop the flag to resume from the newest one")
     problems += number_problems({**vars(data_args), **vars(training_args)})
-    problems += dtype_problems(model_args, training_args)
-    problems += in_backward_problems(training_args)
+    problems += mode_flag_problems(model_args, training_args)
     try:
         profiling.asked_steps()
     except ValueError as err:

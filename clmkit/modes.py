@@ -47,13 +47,16 @@ class Mode:
     parity: Optional[float] = None  # measured final eval loss against the classic recipe's (relative)
     tokens_per_s: Optional[int] = None  # measured on GPT-2 XL's shapes, an H200 capped at 16 GiB: auto's order
 
+    def declared(self, gpu: bool) -> dict:
+        """The flags it declares on this machine: field -> the value it sets, or a tuple of those it accepts."""
+        return dict(self.flags, **(self.gpu_flags if gpu else {}))
+
     def sets(self, gpu: bool) -> dict:
         """The flags this mode sets (what it accepts collapsed to what it sets)."""
-        values = dict(self.flags, **(self.gpu_flags if gpu else {}))
-        return {key: value[0] if isinstance(value, tuple) else value for key, value in values.items()}
+        return {key: value[0] if isinstance(value, tuple) else value for key, value in self.declared(gpu).items()}
 
     def accepts(self, key, value, gpu: bool) -> bool:
-        wanted = dict(self.flags, **(self.gpu_flags if gpu else {})).get(key, value)
+        wanted = self.declared(gpu).get(key, value)
         return value in wanted if isinstance(wanted, tuple) else value == wanted
 
     def defaults(self, gpu: bool) -> dict:
@@ -151,11 +154,8 @@ def of(training_args) -> Mode:
 
 def contradictions(mode: Mode, given: dict, gpu: bool) -> list:
     """[(flag, its given value, the mode's)] of each given flag that contradicts the mode."""
-    out = []
-    for key, value in dict(mode.flags, **(mode.gpu_flags if gpu else {})).items():
-        if key in given and not mode.accepts(key, given[key], gpu):
-            out.append((key, given[key], value[0] if isinstance(value, tuple) else value))
-    return out
+    sets = mode.sets(gpu)
+    return [(key, given[key], sets[key]) for key in sets if key in given and not mode.accepts(key, given[key], gpu)]
 
 
 def as_flag(key, value):

@@ -615,11 +615,11 @@ class Plan:
         return rows
 
     def choice(self, allowed=None):
-        """(mode, its Setup) of the fastest mode whose GPU and host RAM fit (else the fastest that is tight), among
-        `allowed` (names; None: every mode that keeps within the measured parity); None when none can."""
+        """(mode, its Setup) of the fastest mode whose GPU and host RAM fit (else the fastest that is tight), among the
+        modes that keep within the measured parity and are `allowed` (names; None: any); None when none can."""
         rows = [(mode, setup) for mode, setup, verdict in self.modes()
-                if not verdict.startswith("cannot") and (mode.name in allowed if allowed is not None else
-                                                         mode.parity is not None and abs(mode.parity) <= PARITY_BAR)]
+                if not verdict.startswith("cannot") and mode.parity is not None and abs(mode.parity) <= PARITY_BAR
+                and (allowed is None or mode.name in allowed)]
         for wanted in (FITS, TIGHT):
             for mode, setup in rows:
                 if self.verdict_of(setup) == wanted:
@@ -627,8 +627,7 @@ class Plan:
         return None
 
     def _fits_compute(self, setup):
-        status = self._status(estimate(self.shape, setup), setup)
-        return all(status.get(key, FITS) == FITS for key in ("GPU", "host RAM"))
+        return self.verdict_of(setup) == FITS
 
     def change(self):
         """The one change most likely to make the GPU and host RAM fit (and disk, if that is short); '' if none is
@@ -718,12 +717,20 @@ def model_shape_without_deepspeed(config, training_args):
             set_hf_deepspeed_config(training_args.hf_deepspeed_config)
 
 
-def make_plan(config, tokenizer, model_args, training_args, block_size, ds_config, resumed=None):
+def make_plan(config, tokenizer, model_args, training_args, block_size, ds_config, resumed=None, settled=None):
     """The run's Plan from the model's shapes on the meta device, the flags, the block size (None: the model's
     context), the DeepSpeed config (a dict, or None) and this machine, in the mode the run trains in: the one it
     names, the one its checkpoint was written in, the one its flags spell, or the one `auto` chooses (settle_mode).
     resumed: what the checkpoint a rerun goes on from was written with (checkpoints.written_with), or None.
+    settled: the plan that settled the mode whose flags the run has since taken on; its model shapes and machine
+    are this one's, so that the run is planned on the figures its mode was chosen by.
     A config no causal LM class is registered for is a UsageError."""
+    block_size = block_size or context_length(config)  # its own problem is reported by the checks
+    if settled is not None:
+        setup = setup_from_args(training_args, block_size, ds_config, model_args, config, settled.shape.vocab)
+        plan = Plan(settled.shape, setup, settled.machine, training_args.output_dir, settled.given)
+        plan.how, plan.changes = settled.how, settled.changes
+        return plan
     if tokenizer is not None and len(tokenizer) > getattr(config, "vocab_size", len(tokenizer)):
         config = copy.deepcopy(config)  # the model's embeddings will grow to the tokenizer (loading.py)
         config.vocab_size = len(tokenizer)
@@ -734,14 +741,9 @@ def make_plan(config, tokenizer, model_args, training_args, block_size, ds_confi
             "--model_name_or_path" if model_args.model_name_or_path else "--model_type"
         raise UsageError(f"{source}: {getattr(config, 'model_type', '?')} is not a causal language model "
                          f"({str(err).splitlines()[0][:120]}); use a decoder such as gpt2") from None
-    block_size = block_size or context_length(config)  # its own problem is reported by the checks
     setup = setup_from_args(training_args, block_size, ds_config, model_args, config, shape.vocab)
     machine = probe_machine(training_args.output_dir, setup.ranks, every_gpu=getattr(training_args, "plan", False))
-    given = getattr(training_args, "given_flags", {})
-    plan = Plan(shape, setup, machine, training_args.output_dir, given)
-    if getattr(training_args, "mode_reason", ""):  # settled already: these flags are the mode's
-        plan.how, plan.changes = training_args.mode_reason, list(training_args.mode_changes)
-        return plan
+    plan = Plan(shape, setup, machine, training_args.output_dir, getattr(training_args, "given_flags", {}))
     return settle_mode(plan, training_args.mode, resumed)
 
 
@@ -769,8 +771,7 @@ def settle_mode(plan, asked, resumed=None):
         mode, how = modes.get("fp32"), "no GPU here: fp32 weights and AdamW, which the CPU runs"
     else:
         allowed = [m.name for m in MODES if not modes.contradictions(m, given, gpu)]
-        chosen = plan.choice(allowed=[name for name in allowed if modes.get(name).parity is not None and
-                                      abs(modes.get(name).parity) <= PARITY_BAR])
+        chosen = plan.choice(allowed)
         if chosen is not None:
             mode, how = chosen[0], f"auto: the fastest mode that fits {plan.machine_words()}"
             split = (chosen[1].micro_batch, chosen[1].accumulation)
