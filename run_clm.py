@@ -30,9 +30,11 @@ from clmkit.cpucomm import prepare_deepspeed_on_cpu, release_shared_memory  # no
 from clmkit.data import load_raw_texts, make_sequences, split_sequences, tokenize_texts  # noqa: E402
 from clmkit.errors import UsageError, raise_if_any, run_cli  # noqa: E402
 from clmkit.loading import load_model_for_training, speed_switches  # noqa: E402
-from clmkit.machine import TreeMemorySampler, apply_gpu_memory_cap, first_process, settle_cpu_threads  # noqa: E402
+from clmkit.machine import (TreeMemorySampler, apply_gpu_memory_cap, first_process, repeat_after_launcher,  # noqa: E402
+                            settle_cpu_threads)
 from clmkit.plan import make_plan  # noqa: E402
 from clmkit.plan_report import report, startup_summary, stop_problems  # noqa: E402
+from clmkit.progress import settle_bars  # noqa: E402
 from clmkit.trainer import (add_host_peak_through_save, build_trainer, describe, report_run_stats,  # noqa: E402
                             save_final_model, stop_signal)
 
@@ -53,6 +55,7 @@ def main(argv=None):
         leave_process_group(training_args)
         return
     host_memory = TreeMemorySampler()  # run_stats.json's host RAM peak, loading included
+    settle_bars()  # in a log file, a line per phase instead of the libraries' bars
     train_set, eval_set, notes = load_data(data_args, model_args, training_args, tokenizer, block_size)
     show(startup_summary(plan, training_args, len(train_set) if training_args.do_train else None,
                          len(eval_set) if eval_set is not None else 0, notes,
@@ -205,4 +208,4 @@ def leave_process_group(training_args):
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, after_error=repeat_after_launcher)

@@ -2,11 +2,13 @@
 
 import math
 import os
+import time
 from itertools import chain
 
 from datasets import DatasetDict
 
 from .errors import UsageError
+from .progress import phase_done
 
 # File extension -> the `datasets` builder that reads it.
 BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".txt": "text"}
@@ -56,7 +58,9 @@ def load_raw_texts(data_args, cache_dir=None, training=True):
         # byte order mark is dropped): the one row texttocsv.py makes of it. The builder's default, a document per
         # line, would put an end-of-text token after every line and teach the model to stop after one.
         options = {"sample_by": "document", "encoding": "utf-8-sig"} if builder == "text" else {}
+        started = time.time()
         dataset = load_dataset(builder, data_files={split: path}, cache_dir=cache_dir, **options)[split]
+        phase_done(f"Reading {path}", dataset, started, "rows")
         kinds[split] = kind = file_kind(dataset.column_names, data_args) if builder != "text" else TEXT
         names = {TEXT: {data_args.text_column if builder != "text" else "text": "text"},
                  PAIRS: {data_args.prompt_column: "prompt", data_args.completion_column: "completion"}}[kind]
@@ -112,10 +116,17 @@ def tokenize_texts(raw, kinds, tokenizer, data_args, training_args):
         return {"prompt_ids": prompts, "completion_ids": [seq + [eos] for seq in completions]}
 
     with training_args.main_process_first(desc="tokenizing"):
-        return DatasetDict({split: dataset.map(documents if kinds[split] == TEXT else pairs,
-                                               remove_columns=dataset.column_names, desc="Tokenizing",
-                                               **_map_options(data_args))
+        return DatasetDict({split: _mapped(dataset, documents if kinds[split] == TEXT else pairs, "Tokenizing",
+                                           split, "texts" if kinds[split] == TEXT else "examples", data_args)
                             for split, dataset in raw.items()})
+
+
+def _mapped(dataset, function, desc, split, unit, data_args):
+    """One pass of `function` over a split's batches (read back from the datasets cache where it ran before)."""
+    started = time.time()
+    result = dataset.map(function, remove_columns=dataset.column_names, desc=desc, **_map_options(data_args))
+    phase_done(f"{desc} ({split})", result, started, unit)
+    return result
 
 
 def make_sequences(tokens, kinds, tokenizer, block_size, data_args, training_args):
@@ -132,9 +143,9 @@ def make_sequences(tokens, kinds, tokenizer, block_size, data_args, training_arg
         return lambda batch: cut_blocks(batch, block_size)
 
     with training_args.main_process_first(desc="making sequences"):
-        sequences = DatasetDict({split: dataset.map(to_sequences(kinds[split]), remove_columns=dataset.column_names,
-                                                    desc=f"Making sequences of {block_size} tokens",
-                                                    **_map_options(data_args))
+        sequences = DatasetDict({split: _mapped(dataset, to_sequences(kinds[split]),
+                                                f"Making sequences of {block_size} tokens", split, "sequences",
+                                                data_args)
                                  for split, dataset in tokens.items()})
     notes = {}
     for split, dataset in sequences.items():

@@ -20,14 +20,17 @@ def raise_if_any(problems: list[str]) -> None:
         raise UsageError(*problems)
 
 
-def run_cli(main, argv=None) -> None:
+def run_cli(main, argv=None, after_error=None) -> None:
     """Call main(argv); turn a UsageError into 'error: ...' lines on stderr and exit code 2, and a Ctrl-C that
-    stops at once (the second one during training, or any before it) into one line and exit code 130."""
+    stops at once (the second one during training, or any before it) into one line and exit code 130.
+    after_error(lines), when given, is called with the error lines once they are printed."""
     try:
         main(argv)
     except UsageError as err:
-        for problem in err.problems:
-            print(f"error: {problem}", file=sys.stderr, flush=True)
+        lines = [f"error: {problem}" for problem in err.problems]
+        print("\n".join(lines), file=sys.stderr, flush=True)
+        if after_error is not None:
+            after_error(lines)
         sys.exit(USAGE_EXIT_CODE)
     except KeyboardInterrupt:
         print("\nstopped by Ctrl-C", file=sys.stderr, flush=True)

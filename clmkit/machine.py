@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass
 
@@ -116,6 +118,36 @@ def stand_in_for_launcher():
                       MASTER_PORT=str(free_port()), **{NO_LAUNCHER: "1"})
     # One process has every core; said here, since accelerate warns on every run of a "launched" process without it.
     os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
+
+
+# Run apart from the worker: waits for the deepspeed launcher's launch.py (pid argv[1]) to end, then prints argv[2].
+_REPEAT_AFTER = """
+import sys, time, psutil
+try:
+    launcher = psutil.Process(int(sys.argv[1]))
+    deadline = time.monotonic() + 30
+    while launcher.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.005)
+except psutil.Error:
+    pass
+sys.stderr.write(sys.argv[2])
+"""
+
+
+def repeat_after_launcher(lines):
+    """The deepspeed launcher answers a worker's exit with lines of its own ('Killing subprocess ...', then the
+    whole command and its exit code): the tool's error lines are printed again once it has ended, so that they are
+    what the user reads last. From the first process only, which is the one that prints."""
+    if not first_process():
+        return
+    try:
+        parent = psutil.Process().parent()
+        launched = parent is not None and "deepspeed.launcher.launch" in " ".join(parent.cmdline())
+    except psutil.Error:
+        return
+    if launched:
+        subprocess.Popen([sys.executable, "-c", _REPEAT_AFTER, str(parent.pid), "\n".join(lines) + "\n"],
+                         stdin=subprocess.DEVNULL, start_new_session=True)
 
 
 def settle_cpu_threads():

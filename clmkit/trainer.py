@@ -28,6 +28,7 @@ from .loading import compile_blocks
 from .loss import VOCAB_MULTIPLE, chunked_causal_lm_loss_sum
 from .machine import first_process
 from .plotting import LossPlotCallback
+from .progress import settle_trainer_output
 from .stats import RunStatsCallback
 
 
@@ -287,6 +288,7 @@ def build_trainer(model, tokenizer, training_args, block_size, train_set, eval_s
     hooks = dtypecheck.callbacks() + profiling.callbacks() + testhooks.callbacks(lambda: StopOnSignal.received_any)
     for callback in hooks:
         trainer.add_callback(callback)
+    settle_trainer_output(trainer)
     return trainer
 
 
@@ -312,6 +314,7 @@ def add_host_peak_through_save(trainer):
 def save_final_model(trainer, output_dir):
     """Write the final model beside output_dir, then move it in file by file with os.replace: each file is either
     the old or the new one, never half-written, and weights go last."""
+    started = time.time()
     staging = os.path.join(output_dir, ".final-model-staging")
     if trainer.is_world_process_zero() and os.path.isdir(staging):
         shutil.rmtree(staging)
@@ -322,4 +325,5 @@ def save_final_model(trainer, output_dir):
         for name in names:
             os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
         os.rmdir(staging)
+        print(f"final model written to {output_dir} in {time.time() - started:.1f} s", flush=True)
     trainer.accelerator.wait_for_everyone()
