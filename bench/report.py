@@ -12,7 +12,7 @@ WARMUP_STEPS = 3  # step times RunStatsCallback leaves out of its median (clmkit
 PARITY_TOLERANCE = 0.01  # the issues' bar: final eval loss within 1% of the classic recipe's
 COLUMNS = ["configuration", "GPUs", "cap GiB", "tokens/s", "tokens/s per GPU", "s/step", "seqs/step",
            "GPU alloc GiB", "GPU reserved GiB", "host RAM GiB", "launch to step 1 (s)", "vs classic",
-           "per GPU vs 1 GPU"]
+           "per GPU vs 1 GPU", "GPU busy (profiled)"]
 
 
 def versions():
@@ -36,7 +36,8 @@ def table_row(run, settings):
            "flags": list(config.flags), "env": config.env or {}, "log": run.log_path,
            "command": shlex.join(run.command),
            "wall_s": run.wall_s, "exit_code": run.exit_code, "stopped_after_stats": run.stopped_after_stats,
-           "run_stats": run.stats, "tree_peak_rss_gib": run.tree_peak_rss / GiB}
+           "run_stats": run.stats, "tree_peak_rss_gib": run.tree_peak_rss / GiB,
+           "gpu_busy": run.gpu_busy}
     stats = run.stats
     if stats and stats.get("tokens_per_s"):
         row.update(status="ok", **measured(stats, run.tree_peak_rss, settings.block_size))
@@ -124,7 +125,8 @@ def table_cells(row):
             number(row["peak_gpu_allocated_gib"]), number(row["peak_gpu_reserved_gib"]),
             number(row["peak_host_rss_gib"]),
             number(row["time_to_first_step_s"], 0 if (row["time_to_first_step_s"] or 0) >= 10 else 1),
-            number(row.get("ratio_to_classic"), 2), number(row.get("scaling_efficiency"), 2)]
+            number(row.get("ratio_to_classic"), 2), number(row.get("scaling_efficiency"), 2),
+            "—" if row.get("gpu_busy") is None else f"{row['gpu_busy']:.0%}"]
 
 
 def markdown(header, rows, complete):

@@ -88,6 +88,16 @@ CONFIGS = {
     "auto-t4":        Config(None, batch(8, 2), env={"CLM_ASSUME_NO_BF16": "1"}, gpu_memory_gib=15),
     "mode-fp16-t4":   Config(None, ("--mode", "fp16", *batch(8, 2)), env={"CLM_ASSUME_NO_BF16": "1"},
                              gpu_memory_gib=15),
+    # The fp16 mode as a T4 with its blocks compiled (fewer, fused kernels launched by the host), and with the 16
+    # sequences a step as one micro-batch (one forward and backward launched a step instead of two).
+    "mode-fp16-t4-compile": Config(None, ("--mode", "fp16", "--torch_compile", *batch(8, 2)),
+                                   env={"CLM_ASSUME_NO_BF16": "1"}, gpu_memory_gib=15),
+    "mode-fp16-t4-mb16": Config(None, ("--mode", "fp16", *batch(16, 1)), env={"CLM_ASSUME_NO_BF16": "1"},
+                                gpu_memory_gib=15),
+    "mode-fp16-t4-compile-mb16": Config(None, ("--mode", "fp16", "--torch_compile", *batch(16, 1)),
+                                        env={"CLM_ASSUME_NO_BF16": "1"}, gpu_memory_gib=15),
+    # The bf16 mode after the backward, compiled, 8 x 2: the first row.
+    "mode-bf16": Config(None, ("--mode", "bf16", *batch(8, 2))),
     # The same per-GPU micro-batch and accumulation on more GPUs: the global batch grows with them.
     "shipped-2gpu":   Config("ds_config.json", ("--fp16", *batch(8, 2)), gpus=2, scales="shipped"),
     "zero1-2gpu":     Config("ds_config_zero1.json", ("--fp16", *batch(8, 2)), gpus=2, scales="zero1"),

@@ -5,6 +5,7 @@ Everything a run depends on is in Settings, made by the entry point (throughput.
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -67,6 +68,7 @@ class Run:
     stopped_after_stats: bool
     stats: Optional[dict]  # run_stats.json
     log_history: Optional[list]  # trainer_state.json's, when the run got to the end
+    gpu_busy: Optional[float] = None  # the share of the profiled steps' wall time the GPU was busy (CLM_PROFILE)
 
     def failure_reason(self):
         return failure_reason(read_tail(self.log_path), self.exit_code)
@@ -245,10 +247,19 @@ def run_row(name, settings, prepared):
     except (OSError, ValueError, KeyError):
         pass
     profile = os.path.join(out_dir, "profile.md")  # CLM_PROFILE's, when the benchmark was given it
+    busy = None
     if os.path.isfile(profile):
         shutil.copyfile(profile, os.path.join(settings.log_dir, f"{settings.log_prefix}{name}-profile.md"))
+        with open(profile, encoding="utf-8") as f:
+            busy = busy_share(f.read())
     shutil.rmtree(out_dir, ignore_errors=True)
-    return Run(name=name, command=tuple(command), log_path=log_path, log_history=history, **outcome)
+    return Run(name=name, command=tuple(command), log_path=log_path, log_history=history, gpu_busy=busy, **outcome)
+
+
+def busy_share(profile_text):
+    """The GPU-busy share of the wall time that clmkit/profiling.py's profile.md states, as a fraction, or None."""
+    found = re.search(r"GPU busy: .*?, (\d+)% of the wall time", profile_text)
+    return int(found.group(1)) / 100 if found else None
 
 
 def execute(command, env, log_path, stats_path, timeout, stop_at_stats):

@@ -101,7 +101,8 @@ class Fp16AdamW8bit(AdamW8bit):
         grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
         if not grads:
             return 0.0
-        squares = torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) ** 2 for g in grads]).sum()
+        # One multi-tensor kernel launch for all the norms, not one per weight (580 for GPT-2 XL).
+        squares = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32)).square().sum()
         self._norm = math.sqrt(squares.item()) / self.loss_scale
         return self._norm
 

@@ -53,7 +53,7 @@ def test_table_of_real_runs_survives_a_failing_row(tiny_model, corpus, tmp_path,
     assert "GPU: none (CPU)" in markdown and "deepspeed " in markdown
     table = [line for line in markdown.splitlines() if line.startswith("| ")]
     assert len(table) == 1 + 3  # the column names, then one line per row
-    assert table[1].startswith("| classic | 1 | 16 | ") and table[1].endswith(" | 1.00 | — |")
+    assert table[1].startswith("| classic | 1 | 16 | ") and table[1].endswith(" | 1.00 | — | — |")
     assert "| broken | 1 | 16 | failed: unknown flag --no_such_flag" in markdown
 
     assert "prepare: data tokenized" in (logs / "prepare.log").read_text()

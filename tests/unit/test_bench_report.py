@@ -71,7 +71,7 @@ def test_markdown_cells():
     assert report.header_line(header) in text and "(incomplete:" in text
     table = [line for line in text.splitlines() if line.startswith("| ")]
     assert len(table) == 3 and table[0].count(" | ") == len(report.COLUMNS) - 1
-    assert table[1] == "| classic | 1 | 16 | 8,000 | 8,000 | 2.05 | 16 | 10.2 | 12.5 | 40.0 | 71 | 1.00 | — |"
+    assert table[1] == "| classic | 1 | 16 | 8,000 | 8,000 | 2.05 | 16 | 10.2 | 12.5 | 40.0 | 71 | 1.00 | — | — |"
     assert table[2].startswith("| broken | 1 | none | failed: a \\| b | — |")
     assert report.number(None) == "—" and report.number(1234.5, 2) == "1,234" and report.number(3.14159) == "3.1"
 
@@ -87,3 +87,23 @@ def test_parity_table_compares_final_eval_losses_with_classic():
     assert table[0] == "| configuration | final eval loss | vs classic | within 1% |"
     assert table[2:] == ["| classic | 2.0000 | +0.00% | yes |", "| fast | 2.0180 | +0.90% | yes |",
                          "| faster | 2.1000 | +5.00% | no |", "| broken | failed: exit code 1 | | |"]
+
+
+def test_the_profiled_busy_share_is_read_from_the_profile():
+    """The benchmark's "GPU busy" column is the share profile.md states: two overlapping kernels cover 0.45 s of a
+    0.5 s step."""
+    import types
+
+    import torch
+
+    from bench.runner import busy_share
+    from clmkit import profiling
+
+    def kernel(start, end):
+        return types.SimpleNamespace(device_type=torch.autograd.DeviceType.CUDA, name="sm90_gemm", key="sm90_gemm",
+                                     time_range=types.SimpleNamespace(start=start, end=end,
+                                                                      elapsed_us=lambda: end - start))
+
+    text = profiling.summarize([kernel(0, 300_000), kernel(200_000, 450_000)], 0.5, 1, 1)
+    assert busy_share(text) == 0.9
+    assert busy_share("- no GPU kernels ran (a CPU run)") is None
