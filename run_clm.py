@@ -133,7 +133,8 @@ def load_data(data_args, model_args, training_args, tokenizer, block_size):
     the others then read that cache. Too little text is reported with its token count and a fix.
     (train set, eval set, a line on the examples of each prompt/completion file)."""
     with training_args.main_process_first(desc="reading the text files"):
-        raw, kinds = load_raw_texts(data_args, cache_dir=model_args.cache_dir, training=training_args.do_train)
+        raw, kinds = load_raw_texts(data_args, cache_dir=model_args.cache_dir, training=training_args.do_train,
+                                    evaluating=training_args.do_eval)
     tokens = tokenize_texts(raw, kinds, tokenizer, data_args, training_args)
     sequences, notes = make_sequences(tokens, kinds, tokenizer, block_size, data_args, training_args)
     train_set, eval_set = split_sequences(sequences, data_args, block_size, tokens, training_args.do_eval, kinds)

@@ -79,6 +79,18 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
+    dataset_name: Optional[str] = field(
+        default=None,
+        metadata={"help": "Train on a dataset instead of files: its name on the Hub (read from the datasets cache "
+                          "when offline), or a local folder of data files or written by save_to_disk. Its "
+                          "'validation' split is evaluated on; without one, the first --validation_split_percentage "
+                          "% of its train rows are held out. Text comes from --text_column (else its first column), "
+                          "or its prompt/completion columns."},
+    )
+    dataset_config_name: Optional[str] = field(
+        default=None, metadata={"help": "The configuration of --dataset_name, where it has several (e.g. "
+                                        "wikitext-2-raw-v1 of wikitext)."}
+    )
     train_file: Optional[str] = field(
         default=None,
         metadata={"help": "Training text: a .txt file (one document), or a .csv or .json/.jsonl file with a 'text' "
@@ -89,8 +101,8 @@ class DataArguments:
     )
     validation_split_percentage: int = field(
         default=5,
-        metadata={"help": "Without --validation_file, the percentage of the training examples held out for "
-                          "evaluation."},
+        metadata={"help": "Without --validation_file (or a validation split of --dataset_name), the percentage of "
+                          "the training examples held out for evaluation."},
     )
     text_column: str = field(
         default="text", metadata={"help": "Column of the csv/json files that holds the text."}
@@ -226,6 +238,11 @@ DROPPED_FLAGS = {
     "--logging_dir": "logs go to output_dir",
     "--fp16_backend": "mixed precision is handled by DeepSpeed or torch.amp",
     "--half_precision_backend": "mixed precision is handled by DeepSpeed or torch.amp",
+    # upstream run_clm.py's flags that today's Transformers has made moot
+    "--use_fast_tokenizer": "every tokenizer is read with its fast (Rust) implementation",
+    "--no_use_fast_tokenizer": "every tokenizer is read with its fast (Rust) implementation, which Transformers 5 "
+                               "uses for all of them",
+    "--low_cpu_mem_usage": "weights are always loaded without a first random copy in Transformers 5",
 }
 
 

@@ -93,17 +93,25 @@ def attempt(problems, function, *args, **kwargs):
 
 def flag_problems(model_args, data_args, training_args):
     problems = []
-    if training_args.do_train and not data_args.train_file:
-        problems.append("--do_train needs --train_file")
-    elif training_args.do_eval and not (data_args.train_file or data_args.validation_file):
-        problems.append("--do_eval needs --validation_file (or --train_file to hold some of it out)")
+    named = data_args.dataset_name
+    if named and (data_args.train_file or data_args.validation_file):
+        problems.append(f"--dataset_name {named} and --{'train' if data_args.train_file else 'validation'}_file: "
+                        "give one source of text, the dataset or the files")
+    elif training_args.do_train and not (data_args.train_file or named):
+        problems.append("--do_train needs --train_file (or --dataset_name)")
+    elif training_args.do_eval and not (data_args.train_file or data_args.validation_file or named):
+        problems.append("--do_eval needs --validation_file (or --train_file to hold some of it out, or "
+                        "--dataset_name)")
+    if data_args.dataset_config_name and not named:
+        problems.append(f"--dataset_config_name {data_args.dataset_config_name}: a configuration of --dataset_name, "
+                        "which is not given; add --dataset_name or drop it")
     if not model_args.model_name_or_path and not model_args.model_type and not model_args.config_name:
         problems.append("no model: give --model_name_or_path, or --model_type/--config_name to build one")
     if model_args.config_overrides and model_args.model_name_or_path:
         problems.append("--config_overrides only applies when building a model from scratch; "
                         "drop it or drop --model_name_or_path")
     pct = data_args.validation_split_percentage
-    if data_args.train_file and not data_args.validation_file and not 0 <= pct < 100:
+    if (data_args.train_file or named) and not data_args.validation_file and not 0 <= pct < 100:
         problems.append(f"--validation_split_percentage {pct}: must be 0 to 99 (the share of --train_file held out "
                         "for evaluation); or give --validation_file")
     problems += reporting_problems(training_args.report_to)

@@ -8,6 +8,7 @@ from itertools import chain
 from datasets import DatasetDict
 
 from .errors import UsageError
+from .machine import first_process, hub_offline
 from .progress import phase_done
 
 # File extension -> the `datasets` builder that reads it.
@@ -39,38 +40,109 @@ def choose_block_size(data_args, config) -> int:
     return data_args.block_size
 
 
-def load_raw_texts(data_args, cache_dir=None, training=True):
+def load_raw_texts(data_args, cache_dir=None, training=True, evaluating=True):
     """(DatasetDict with 'train' and/or 'validation', {split: TEXT or PAIRS}). A split of running text has one
     column, 'text'; a split of prompt/completion examples has 'prompt' and 'completion'. Each file is read with its
     own builder, so a .txt training file and a .csv validation file go together. A run that only evaluates reads the
-    train file only to hold its tail out, when there is no validation file."""
+    train file only to hold its tail out, when there is no validation file. --dataset_name reads a dataset instead
+    (load_named_dataset)."""
     from datasets import load_dataset
 
-    files = {}
-    if data_args.train_file and (training or not data_args.validation_file):
-        files["train"] = data_args.train_file
-    if data_args.validation_file:
-        files["validation"] = data_args.validation_file
-    raw, kinds = {}, {}
-    for split, path in files.items():
-        builder = builder_for(path)
-        # A .txt file is one document, read whole with its line breaks and blank lines (CRLF and CR become \n, a
-        # byte order mark is dropped): the one row texttocsv.py makes of it. The builder's default, a document per
-        # line, would put an end-of-text token after every line and teach the model to stop after one.
-        options = {"sample_by": "document", "encoding": "utf-8-sig"} if builder == "text" else {}
-        started = time.time()
-        dataset = load_dataset(builder, data_files={split: path}, cache_dir=cache_dir, **options)[split]
-        phase_done(f"Reading {path}", dataset, started, "rows")
-        kinds[split] = kind = file_kind(dataset.column_names, data_args) if builder != "text" else TEXT
-        names = {TEXT: {data_args.text_column if builder != "text" else "text": "text"},
-                 PAIRS: {data_args.prompt_column: "prompt", data_args.completion_column: "completion"}}[kind]
-        missing = [name for name in names if name not in dataset.column_names]
-        if missing:
-            raise UsageError(f"{path}: no '{missing[0]}' column (it has: {', '.join(dataset.column_names)}); "
-                             f"name the column with --text_column or make the file with texttocsv.py")
-        dataset = dataset.select_columns(list(names))
-        raw[split] = dataset.rename_columns({old: new for old, new in names.items() if old != new})
+    if data_args.dataset_name:
+        raw = load_named_dataset(data_args, cache_dir, evaluating)
+        plain = set()
+    else:
+        files = {}
+        if data_args.train_file and (training or not data_args.validation_file):
+            files["train"] = data_args.train_file
+        if data_args.validation_file:
+            files["validation"] = data_args.validation_file
+        raw = {}
+        plain = {split for split, path in files.items() if builder_for(path) == "text"}  # one 'text' column
+        for split, path in files.items():
+            builder = builder_for(path)
+            # A .txt file is one document, read whole with its line breaks and blank lines (CRLF and CR become \n, a
+            # byte order mark is dropped): the one row texttocsv.py makes of it. The builder's default, a document
+            # per line, would put an end-of-text token after every line and teach the model to stop after one.
+            options = {"sample_by": "document", "encoding": "utf-8-sig"} if builder == "text" else {}
+            started = time.time()
+            raw[split] = load_dataset(builder, data_files={split: path}, cache_dir=cache_dir, **options)[split]
+            phase_done(f"Reading {path}", raw[split], started, "rows")
+    kinds = {}
+    for split, dataset in raw.items():
+        raw[split], kinds[split] = in_columns_of_its_kind(dataset, split, data_args, split in plain)
     return DatasetDict(raw), kinds
+
+
+def source(split, data_args):
+    """(flag, what it names) for the text of `split`, for messages about it."""
+    if data_args.dataset_name:
+        return "--dataset_name", f"{data_args.dataset_name} ({split} split)"
+    if split == "validation" and data_args.validation_file:
+        return "--validation_file", data_args.validation_file
+    return "--train_file", data_args.train_file
+
+
+def in_columns_of_its_kind(dataset, split, data_args, plain_text=False):
+    """(the split with the columns of its kind, renamed: 'text', or 'prompt' and 'completion'; its kind).
+    plain_text: read from a .txt file, whose one column is 'text' whatever --text_column says."""
+    flag, where = source(split, data_args)
+    columns = dataset.column_names
+    kind = TEXT if plain_text else file_kind(columns, data_args)
+    if plain_text:
+        return dataset, kind
+    if kind == PAIRS:
+        names = {data_args.prompt_column: "prompt", data_args.completion_column: "completion"}
+    elif data_args.text_column in columns:
+        names = {data_args.text_column: "text"}
+    elif data_args.dataset_name and columns:
+        # A dataset of the Hub without a 'text' column: its first column, as upstream run_clm.py takes it.
+        names = {columns[0]: "text"}
+        if first_process() and split == "train":  # said once: the splits of a dataset share their columns
+            print(f"notice: {flag} {where}: no '{data_args.text_column}' column; training on its first column, "
+                  f"'{columns[0]}' (--text_column names another)", flush=True)
+    else:
+        raise UsageError(f"{flag} {where}: no '{data_args.text_column}' column (it has: {', '.join(columns)}); "
+                         f"name the column with --text_column or make the file with texttocsv.py")
+    dataset = dataset.select_columns(list(names))
+    return dataset.rename_columns({old: new for old, new in names.items() if old != new}), kind
+
+
+def load_named_dataset(data_args, cache_dir=None, evaluating=True):
+    """--dataset_name (and --dataset_config_name) through datasets.load_dataset: a dataset of the Hub (from the
+    datasets cache when offline) or a local folder of data files; a folder written by save_to_disk through
+    load_from_disk. {'train': ..., 'validation': ...}: its validation split, or, where it has none, the first
+    --validation_split_percentage % of its train rows, as upstream run_clm.py holds them out."""
+    from datasets import Dataset, load_dataset, load_from_disk
+
+    name, config = data_args.dataset_name, data_args.dataset_config_name
+    started = time.time()
+    try:
+        if os.path.isdir(name) and any(os.path.isfile(os.path.join(name, marker))
+                                       for marker in ("dataset_dict.json", "state.json")):
+            loaded = load_from_disk(name)
+            loaded = {"train": loaded} if isinstance(loaded, Dataset) else dict(loaded)
+        else:
+            loaded = dict(load_dataset(name, config, cache_dir=cache_dir))
+    except Exception as err:  # the datasets library's many ways of not finding it: one line, not its traceback
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        offline = " (offline: HF_HUB_OFFLINE=1 reads only the datasets cache)" if hub_offline() else ""
+        raise UsageError(f"--dataset_name {name}{f' --dataset_config_name {config}' if config else ''}: cannot "
+                         f"be read{offline}: {reason}; give a dataset of the Hub, a local folder of data files, or "
+                         f"--train_file") from None
+    if "train" not in loaded:
+        raise UsageError(f"--dataset_name {name}: no 'train' split (it has: {', '.join(loaded)}); "
+                         "give a dataset with one, or --train_file")
+    for split in ("train", "validation"):
+        if split in loaded:
+            phase_done(f"Reading {name} ({split} split)", loaded[split], started, "rows")
+    if "validation" in loaded:
+        return {"train": loaded["train"], "validation": loaded["validation"]}
+    train = loaded["train"]
+    held_out = round(len(train) * data_args.validation_split_percentage / 100)
+    if not held_out or not evaluating:  # nothing to evaluate on: every row trains
+        return {"train": train}
+    return {"train": train.select(range(held_out, len(train))), "validation": train.select(range(held_out))}
 
 
 TEXT, PAIRS = "text", "prompt/completion"
@@ -254,8 +326,7 @@ def sequences_needed(split, data_args, hold_out=True):
 def too_short(split, data_args, block_size, have, tokens, hold_out=True, examples=False):
     """One line: how much text the split has, and what would make enough sequences of it. `examples`: each example
     is one sequence (--separate_examples, prompt/completion files)."""
-    flag, path = ("--validation_file", data_args.validation_file) if split == "validation" else \
-        ("--train_file", data_args.train_file)
+    flag, path = source(split, data_args)
     needed = sequences_needed(split, data_args, hold_out)
     hold_out = f"too few to hold {data_args.validation_split_percentage}% out for evaluation and train on the rest"
     if examples:

@@ -42,3 +42,71 @@ def test_line_breaks_blank_lines_and_spaces_are_kept_exactly(tiny_model, tmp_pat
         assert raw_csv["train"]["text"] == [text], name
         assert [ids.count(eos) for ids in tokens["train"]["input_ids"]] == [1], name
 
+
+
+# ---------------------------------------------------------------- --dataset_name, as upstream run_clm.py reads it
+
+
+def named_dataset(tmp_path, dataset, *extra, evaluating=True):
+    """load_raw_texts' (raw texts, kinds) for --dataset_name `dataset`, as run_clm.py calls it."""
+    from clmkit.args import parse_args
+    from clmkit.data import load_raw_texts
+
+    flags = ["--output_dir", tmp_path / "out", "--do_train", "--use_cpu", "--dataset_name", dataset, *extra]
+    _, data_args, _, _ = parse_args(list(map(str, flags)))
+    return load_raw_texts(data_args, cache_dir=str(tmp_path / "cache"), evaluating=evaluating)
+
+
+ROWS = [f"Row {i}: {'to be or not to be ' * (i % 3 + 1)}" for i in range(40)]
+
+
+def write_jsonl(path, rows, column="text"):
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({column: row}) + "\n" for row in rows), encoding="utf-8")
+
+
+def test_a_dataset_without_a_validation_split_holds_out_its_first_rows(tmp_path):
+    """Upstream's rule: the first --validation_split_percentage % of the train rows are evaluated on. A folder of
+    data files, and one written by save_to_disk, read alike; a dataset's first column stands in for 'text'."""
+    import datasets
+
+    write_jsonl(tmp_path / "folder" / "train.jsonl", ROWS, column="content")
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ROWS})}).save_to_disk(tmp_path / "saved")
+    for dataset in (tmp_path / "folder", tmp_path / "saved"):
+        raw, kinds = named_dataset(tmp_path, dataset, "--validation_split_percentage", 10)
+        assert raw["validation"]["text"] == ROWS[:4] and raw["train"]["text"] == ROWS[4:], dataset
+        assert kinds == {"train": "text", "validation": "text"}
+        raw, _ = named_dataset(tmp_path, dataset, evaluating=False)  # nothing evaluated: every row trains
+        assert raw["train"]["text"] == ROWS and "validation" not in raw
+
+
+def test_a_dataset_with_a_validation_split_and_prompt_completion_columns(tmp_path):
+    import json
+
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    for split, rows in (("train", ROWS[:30]), ("validation", ROWS[30:])):
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps({"prompt": f"Q{i}", "completion": row}) + "\n"
+                                                       for i, row in enumerate(rows)), encoding="utf-8")
+    raw, kinds = named_dataset(tmp_path, folder)
+    assert raw["validation"]["completion"] == ROWS[30:] and raw["train"]["completion"] == ROWS[:30]
+    assert kinds == {"train": "prompt/completion", "validation": "prompt/completion"}
+
+
+def test_a_run_on_a_dataset_folder_and_one_that_is_not_there(tiny_model, tmp_path):
+    write_jsonl(tmp_path / "folder" / "train.jsonl", ROWS * 20)
+    common = ["--model_name_or_path", tiny_model, "--do_train", "--do_eval", "--block_size", 64, "--max_steps", 2,
+              "--use_cpu", "--report_to", "none"]
+    result = python("run_clm.py", "--dataset_name", tmp_path / "folder", "--output_dir", tmp_path / "out", *common,
+                    env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "evaluation sequences" in result.stdout and (tmp_path / "out" / "eval_results.json").is_file()
+
+    missing = python("run_clm.py", "--dataset_name", "someone/not_cached", "--output_dir", tmp_path / "none", *common,
+                     env={"HF_HUB_OFFLINE": "1"})
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    [line] = [line for line in missing.stderr.splitlines() if line.startswith("error: ")]
+    assert line.startswith("error: --dataset_name someone/not_cached: cannot be read (offline: HF_HUB_OFFLINE=1")
+    assert not (tmp_path / "none").exists()
