@@ -84,7 +84,7 @@ class DataArguments:
         metadata={"help": "Train on a dataset instead of files: its name on the Hub (read from the datasets cache "
                           "when offline), or a local folder of data files or written by save_to_disk. Its "
                           "'validation' split is evaluated on; without one, the first --validation_split_percentage "
-                          "% of its train rows are held out. Text comes from --text_column (else its first column), "
+                          "percent of its train rows are held out. Text comes from --text_column (else its first column), "
                           "or its prompt/completion columns."},
     )
     dataset_config_name: Optional[str] = field(
