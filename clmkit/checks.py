@@ -23,7 +23,8 @@ from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig, set_hf
 from . import profiling
 from .checkpoints import is_complete
 
-from .data import BUILDERS, PAIRS, builder_for, choose_block_size, file_kind
+from .chat import MESSAGES, chat_problems
+from .data import BUILDERS, CHAT, PAIRS, builder_for, choose_block_size, file_kind, json_records
 from .errors import UsageError
 from .in_backward import in_backward_problems
 from .loading import (FP16_MODE_OPTIM, hub_options, load_config, load_tokenizer, model_weights_problems,
@@ -345,44 +346,29 @@ def csv_column_problems(flag, path, data_args):
 
 
 def json_column_problems(flag, path, data_args):
-    """The `datasets` json reader takes JSON Lines (one object a line) or one list of objects."""
-    columns, has_text = {}, {}
+    """The `datasets` json reader takes JSON Lines (one object a line) or one list of objects. A file of chat
+    data has every row's messages checked."""
+    columns, has_text, conversations = {}, {}, []
     try:
-        for record in json_records(path):
+        for place, record in json_records(path):
             if not isinstance(record, dict):
                 return [f"{flag} {path}: expected JSON objects, one per line (or one list of them), "
                         "e.g. {\"text\": \"...\"}"]
             columns.update(dict.fromkeys(record))
             for name, value in record.items():
                 has_text[name] = has_text.get(name) or (isinstance(value, str) and bool(value.strip()))
+            conversations.append((place, record.get(MESSAGES)))
     except ValueError as err:
         return [f"{flag} {path}: not valid JSON Lines or a JSON list ({err}); "
                 "write one JSON object per line, e.g. {\"text\": \"...\"}"]
+    if file_kind(columns, data_args) == CHAT:
+        return chat_problems(conversations, flag, path)
     column = _column_to_check(columns, data_args)
     if column not in columns:
         return _no_column(flag, path, column, list(columns))
     if not has_text.get(column):
         return _empty_column(flag, path, column)
     return []
-
-
-def json_records(path):
-    """Each record of a JSON Lines file, or of a file holding one JSON list; ValueError says where it breaks."""
-    with open(path, encoding="utf-8") as f:
-        one_list = f.read(4096).lstrip().startswith("[")
-        f.seek(0)
-        if one_list:
-            try:
-                yield from json.load(f)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"line {err.lineno}, column {err.colno}: {err.msg}") from None
-            return
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line.rstrip("\r\n"))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"line {number}, column {err.colno}: {err.msg}") from None
 
 
 # ---------------------------------------------------------------- output folder and disk

@@ -7,7 +7,8 @@ from itertools import chain
 
 from datasets import DatasetDict
 
-from .errors import UsageError
+from .chat import MESSAGES, chat_problems, chat_tokens, template_note, use_a_template
+from .errors import UsageError, raise_if_any
 from .machine import first_process, hub_offline
 from .progress import phase_done
 
@@ -93,6 +94,11 @@ def in_columns_of_its_kind(dataset, split, data_args, plain_text=False):
         return dataset, kind
     if kind == PAIRS:
         names = {data_args.prompt_column: "prompt", data_args.completion_column: "completion"}
+    elif kind == CHAT:
+        names = {MESSAGES: MESSAGES}
+        if data_args.dataset_name:  # a file's rows were checked before anything loaded
+            raise_if_any(chat_problems(((f"row {row}", messages) for row, messages
+                                        in enumerate(dataset[MESSAGES], 1)), flag, where))
     elif data_args.text_column in columns:
         names = {data_args.text_column: "text"}
     elif data_args.dataset_name and columns:
@@ -145,13 +151,48 @@ def load_named_dataset(data_args, cache_dir=None, evaluating=True):
     return {"train": train.select(range(held_out, len(train))), "validation": train.select(range(held_out))}
 
 
-TEXT, PAIRS = "text", "prompt/completion"
+TEXT, PAIRS, CHAT = "text", "prompt/completion", "chat"
 
 
 def file_kind(columns, data_args):
-    """TEXT, or PAIRS for a file with the prompt and completion columns and no text column."""
-    pairs = data_args.prompt_column in columns and data_args.completion_column in columns
-    return PAIRS if pairs and data_args.text_column not in columns else TEXT
+    """TEXT; PAIRS for a file with the prompt and completion columns and no text column; CHAT for one with a
+    'messages' column and no text column."""
+    if data_args.text_column in columns:
+        return TEXT
+    if data_args.prompt_column in columns and data_args.completion_column in columns:
+        return PAIRS
+    return CHAT if MESSAGES in columns else TEXT
+
+
+def json_records(path):
+    """(where, record) for each record of a JSON Lines file ('line N') or of a file holding one JSON list
+    ('item N'); ValueError says where it breaks."""
+    import json
+
+    with open(path, encoding="utf-8") as f:
+        one_list = f.read(4096).lstrip().startswith("[")
+        f.seek(0)
+        if one_list:
+            try:
+                records = json.load(f)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"line {err.lineno}, column {err.colno}: {err.msg}") from None
+            yield from ((f"item {number}", record) for number, record in enumerate(records, 1))
+            return
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield f"line {number}", json.loads(line.rstrip("\r\n"))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"line {number}, column {err.colno}: {err.msg}") from None
+
+
+def row_place(split, data_args, row):
+    """Where row `row` (from 0) of a split is, for a message: a file's line or item, a dataset's row."""
+    flag, where = source(split, data_args)
+    if flag != "--dataset_name" and builder_for(where) == "json":
+        return next(place for number, (place, _) in enumerate(json_records(where)) if number == row)
+    return f"row {row + 1}"
 
 
 MAP_BATCH = 1000  # documents per batch when cutting blocks: each batch's remainder is dropped
@@ -187,16 +228,27 @@ def tokenize_texts(raw, kinds, tokenizer, data_args, training_args):
         completions = tokenizer([c for _, c in kept], add_special_tokens=False)["input_ids"]
         return {"prompt_ids": prompts, "completion_ids": [seq + [eos] for seq in completions]}
 
+    def chats(batch, rows):
+        tokens = [chat_tokens(tokenizer, messages) for messages in batch[MESSAGES]]
+        return {"chat_ids": [ids for ids, _ in tokens], "chat_labels": [labels for _, labels in tokens], "row": rows}
+
+    if CHAT in kinds.values():
+        use_a_template(tokenizer)
+    tokenizers = {TEXT: (documents, "texts"), PAIRS: (pairs, "examples"), CHAT: (chats, "conversations")}
+    tokens = {}
     with training_args.main_process_first(desc="tokenizing"):
-        return DatasetDict({split: _mapped(dataset, documents if kinds[split] == TEXT else pairs, "Tokenizing",
-                                           split, "texts" if kinds[split] == TEXT else "examples", data_args)
-                            for split, dataset in raw.items()})
+        for split, dataset in raw.items():
+            function, unit = tokenizers[kinds[split]]
+            tokens[split] = _mapped(dataset, function, "Tokenizing", split, unit, data_args,
+                                    with_indices=kinds[split] == CHAT)
+    return DatasetDict(tokens)
 
 
-def _mapped(dataset, function, desc, split, unit, data_args):
+def _mapped(dataset, function, desc, split, unit, data_args, with_indices=False):
     """One pass of `function` over a split's batches (read back from the datasets cache where it ran before)."""
     started = time.time()
-    result = dataset.map(function, remove_columns=dataset.column_names, desc=desc, **_map_options(data_args))
+    result = dataset.map(function, remove_columns=dataset.column_names, desc=desc, with_indices=with_indices,
+                         **_map_options(data_args))
     phase_done(f"{desc} ({split})", result, started, unit)
     return result
 
@@ -207,9 +259,15 @@ def make_sequences(tokens, kinds, tokenizer, block_size, data_args, training_arg
     each prompt/completion example is one sequence, truncated or padded, its loss on the completion alone."""
     pad = tokenizer.pad_token_id
 
+    for split, dataset in tokens.items():
+        if kinds[split] == CHAT:
+            raise_if_any(too_long_chats(dataset, split, block_size, data_args))
+
     def to_sequences(kind):
         if kind == PAIRS:
             return lambda batch: pad_pairs(batch, block_size, pad)
+        if kind == CHAT:
+            return lambda batch: pad_chats(batch, block_size, pad)
         if data_args.separate_examples:
             return lambda batch: pad_examples(batch, block_size, pad)
         return lambda batch: cut_blocks(batch, block_size)
@@ -220,9 +278,14 @@ def make_sequences(tokens, kinds, tokenizer, block_size, data_args, training_arg
                                                 data_args)
                                  for split, dataset in tokens.items()})
     notes = {}
+    if CHAT in kinds.values():
+        notes["template"] = template_note(tokenizer)
     for split, dataset in sequences.items():
         if kinds[split] == PAIRS:
             notes[split] = describe_pairs(dataset, split, block_size)
+        elif kinds[split] == CHAT:
+            notes[split] = (f"{len(dataset):,} {split} conversations, one a sequence; "
+                            f"{sum(dataset['loss_tokens']):,} tokens of the assistant's turns count in the loss")
         elif data_args.separate_examples:
             report_cut_examples(dataset, split, block_size, training_args)
     counts = ("cut_tokens", "loss_tokens")  # read above; the model takes none of them
@@ -264,6 +327,31 @@ def pad_pairs(batch, block_size, pad_id):
         out["input_ids"].append(ids + [pad_id] * pad)
         out["attention_mask"].append([1] * len(ids) + [0] * pad)
         out["labels"].append(labels + [-100] * pad)
+    return out
+
+
+def too_long_chats(tokens, split, block_size, data_args):
+    """A conversation longer than the block would lose its end, often the reply it is there to teach: one line
+    naming the first, its place and the fix."""
+    flag, where = source(split, data_args)
+    for ids, row in zip(tokens["chat_ids"], tokens["row"]):
+        if len(ids) > block_size:
+            return [f"{flag} {where}: {row_place(split, data_args, row)}: the conversation is {len(ids):,} tokens, "
+                    f"longer than the block of {block_size}; raise --block_size (up to the model's context), or "
+                    "split it into shorter conversations"]
+    return []
+
+
+def pad_chats(batch, block_size, pad_id):
+    """Each conversation (no longer than the block) right-padded; only the assistant's tokens are labels."""
+    out = {"input_ids": [], "attention_mask": [], "labels": [], "cut_tokens": [], "loss_tokens": []}
+    for ids, labels in zip(batch["chat_ids"], batch["chat_labels"]):
+        pad = block_size - len(ids)
+        out["input_ids"].append(ids + [pad_id] * pad)
+        out["attention_mask"].append([1] * len(ids) + [0] * pad)
+        out["labels"].append(labels + [-100] * pad)
+        out["cut_tokens"].append(0)
+        out["loss_tokens"].append(sum(1 for label in labels[1:] if label != -100))
     return out
 
 

@@ -59,6 +59,14 @@ def make_files(w, corpus):
     (w / "mismatch_ds.json").write_text(json.dumps(MISMATCHED_DS, indent=2))
     (w / "stage5_ds.json").write_text(json.dumps({"zero_optimization": {"stage": 5, "offload_optimizer":
                                                                         {"device": "gpu"}}}))
+    chat = {"messages": [{"role": "user", "content": "Who is there?"},
+                         {"role": "assistant", "content": "Nay, answer me."}]}
+    (w / "bad_role.jsonl").write_text(json.dumps(chat) + "\n\n" + json.dumps(
+        {"messages": [{"role": "user", "content": "Stand"}, {"role": "bot", "content": "Long live the king!"}]}) + "\n")
+    (w / "no_content.json").write_text(json.dumps([chat, chat, {"messages": [{"role": "user"},
+                                                                             {"role": "assistant", "content": "?"}]}]))
+    (w / "long_chat.jsonl").write_text(json.dumps(chat) + "\n" + json.dumps(
+        {"messages": [{"role": "user", "content": text[:400]}, {"role": "assistant", "content": "Aye."}]}) + "\n")
     (w / "nul.txt").write_bytes(b"\x00" * 4096)  # valid UTF-8, no text: a file zeroed by a failed copy
     (w / "blank.txt").write_text(" \n\n\t \n", encoding="utf-8")
     (w / "readonly").mkdir()
@@ -120,6 +128,12 @@ CASES = [
     ("jsonl-without-text-column", ["--train_file", "{w}/body.jsonl", "--validation_file", "{w}/body.jsonl"],
      [("--train_file", "{w}/body.jsonl", "no 'text' column", "'body'", "--text_column body"),
       ("--validation_file", "{w}/body.jsonl", "no 'text' column", "--text_column body")], {}, []),
+    ("chat-messages-malformed", ["--train_file", "{w}/bad_role.jsonl", "--validation_file", "{w}/no_content.json"],
+     [("--train_file", "{w}/bad_role.jsonl", "line 3", "message 2 has role 'bot'", "system, user, assistant"),
+      ("--validation_file", "{w}/no_content.json", "item 3", "message 1 (user) has no 'content' text")], {}, []),
+    ("chat-conversation-longer-than-the-block", ["--train_file", "{w}/long_chat.jsonl"],
+     [("--train_file", "{w}/long_chat.jsonl", "line 2", "tokens, longer than the block of 64",
+       "raise --block_size")], {}, []),
     ("text-shorter-than-a-block", ["--validation_file", "{w}/short.txt"],
      [("--validation_file", "{w}/short.txt", "tokens, shorter than one block of 64 tokens", "use --block_size")],
      {}, []),
