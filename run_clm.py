@@ -33,8 +33,9 @@ from clmkit.loading import load_model_for_training, speed_switches  # noqa: E402
 from clmkit.machine import (TreeMemorySampler, apply_gpu_memory_cap, first_process, repeat_after_launcher,  # noqa: E402
                             settle_cpu_threads)
 from clmkit.plan import make_plan  # noqa: E402
-from clmkit.plan_report import report, startup_summary, stop_problems  # noqa: E402
+from clmkit.plan_report import built_config, report, startup_summary, stop_problems  # noqa: E402
 from clmkit.progress import settle_bars  # noqa: E402
+from clmkit.quiet import settle_log_level  # noqa: E402
 from clmkit.trainer import (add_host_peak_through_save, build_trainer, describe, report_run_stats,  # noqa: E402
                             save_final_model, stop_signal)
 
@@ -46,6 +47,7 @@ def main(argv=None):
     apply_gpu_memory_cap()  # before anything touches the GPU
     settle_cpu_threads()  # before the flags are parsed: TrainingArguments starts the process group
     model_args, data_args, training_args, refused = parse_arguments(argv)
+    settle_log_level(training_args)  # --log_level from the start, the model's loading included
     model_args, data_args, training_args, config, tokenizer, block_size, plan = check_inputs(
         model_args, data_args, training_args, refused)
     if training_args.plan:  # --plan: the whole plan, nothing loaded
@@ -60,12 +62,16 @@ def main(argv=None):
     show(startup_summary(plan, training_args, len(train_set) if training_args.do_train else None,
                          len(eval_set) if eval_set is not None else 0, notes,
                          speed_switches(config, model_args, training_args)))
+    if not model_args.model_name_or_path:
+        show(built_config(config))
     model = load_model(model_args, config, tokenizer, training_args)
     trainer = build_trainer(model, tokenizer, training_args, block_size, train_set, eval_set, host_memory)
     if training_args.do_train:
         train(trainer, training_args, train_set)
     if training_args.do_eval:
         evaluate(trainer, eval_set)
+    if training_args.do_train:
+        write_model_card(trainer, model_args, data_args)
     leave_process_group(training_args)
 
 
@@ -196,6 +202,18 @@ def evaluate(trainer, eval_set):
     metrics["perplexity"] = math.exp(metrics["eval_loss"]) if metrics["eval_loss"] < 700 else float("inf")
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
+
+
+def write_model_card(trainer, model_args, data_args):
+    """README.md in --output_dir, as upstream run_clm.py writes it: what the model was fine-tuned from and on, its
+    hyperparameters and results."""
+    card = {"tasks": "text-generation"}
+    if model_args.model_name_or_path:
+        card["finetuned_from"] = model_args.model_name_or_path
+    if data_args.dataset_name:
+        card["dataset_tags"] = data_args.dataset_name
+        card["dataset"] = " ".join(filter(None, (data_args.dataset_name, data_args.dataset_config_name)))
+    trainer.create_model_card(**card)
 
 
 def leave_process_group(training_args):

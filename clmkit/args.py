@@ -297,6 +297,15 @@ TRAINER_GROUPS = (
 )
 
 
+def plain_training_args(args):
+    """`args` as Transformers' own TrainingArguments, without this tool's fields: the training_args.bin a checkpoint
+    holds, which plain Transformers (and torch.load) then read without clmkit on the path."""
+    plain = TrainingArguments.__new__(TrainingArguments)  # no __post_init__: nothing is set up again
+    ours = {f.name for f in dataclasses.fields(args)} - {f.name for f in dataclasses.fields(TrainingArguments)}
+    plain.__dict__.update({name: value for name, value in vars(args).items() if name not in ours})
+    return plain
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """A page up to 120 columns wide (argparse's own wraps each paragraph at about 55 characters, doubling the page),
     each flag named once."""

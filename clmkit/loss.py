@@ -60,3 +60,20 @@ def chunked_causal_lm_loss_sum(hidden_states, labels, output_embeddings, chunk_t
         total = total + checkpoint(_chunk_loss_sum, hidden[start:stop], targets[start:stop], output_embeddings,
                                    vocab_multiple, use_reentrant=False)
     return total, (targets != -100).sum()
+
+
+@torch.no_grad()
+def chunked_eval_sums(hidden_states, labels, output_embeddings, chunk_tokens=None, vocab_multiple=VOCAB_MULTIPLE):
+    """(sum of next-token losses, number of predicted tokens, how many of them the model's most likely token got
+    right) for an evaluation, chunk by chunk: the accuracy without the logits of a whole batch."""
+    chunk_tokens = chunk_tokens or chunk_tokens_for(output_embeddings.weight.shape[0])
+    hidden = hidden_states[:, :-1].reshape(-1, hidden_states.shape[-1])
+    targets = labels[:, 1:].reshape(-1).to(hidden.device)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    correct = torch.zeros((), dtype=torch.long, device=hidden.device)
+    for start in range(0, hidden.shape[0], chunk_tokens):
+        logits = _logits(hidden[start:start + chunk_tokens], output_embeddings, vocab_multiple).float()
+        chunk_targets = targets[start:start + chunk_tokens]
+        total += F.cross_entropy(logits, chunk_targets, ignore_index=-100, reduction="sum")
+        correct += ((logits.argmax(-1) == chunk_targets) & (chunk_targets != -100)).sum()
+    return total, (targets != -100).sum(), correct

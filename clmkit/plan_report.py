@@ -1,6 +1,7 @@
 """The plan in words: the start-up summary every run prints once, the whole plan for --plan, and the lines that
 stop a run host RAM or disk cannot hold."""
 
+import json
 from .machine import gib
 from .modes import NAMES
 from .plan import GPU_MARGIN, OVER
@@ -53,6 +54,11 @@ def stop_problems(plan):
         problems.append(f"--output_dir {plan.output_dir}: {what} needs about {gib(needs.disk_checkpoint)} but "
                         f"only {gib(machine.disk)} is free on its disk{machine.disk_note}; {plan.disk_change()}")
     return problems
+
+
+def built_config(config):
+    """A model built from a config rather than loaded: the config, as what differs from its family's defaults."""
+    return f"config:      built from scratch: {json.dumps(config.to_diff_dict(), sort_keys=True)}"
 
 
 def startup_summary(plan, training_args, n_train_sequences, n_eval_sequences, notes=(), speedups=""):

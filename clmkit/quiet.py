@@ -47,3 +47,14 @@ def silence_known_noise():
 
 
 silence_known_noise()
+
+
+def settle_log_level(training_args):
+    """--log_level (and --log_level_replica) for Transformers' and datasets' loggers from the start, as upstream
+    run_clm.py sets them: the Trainer would set them only once it is built, after the model has loaded."""
+    import datasets
+    import transformers
+
+    level = training_args.get_process_log_level()
+    transformers.utils.logging.set_verbosity(level)
+    datasets.utils.logging.set_verbosity(level)

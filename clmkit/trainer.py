@@ -15,17 +15,20 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from accelerate.utils import DistributedDataParallelKwargs
 from transformers import Trainer, TrainerCallback, default_data_collator
+from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_callback import ExportableState
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.trainer_pt_utils import nested_gather
 
 from . import dtypecheck, profiling, testhooks
+from .args import plain_training_args
 from .adamw8bit import AdamW8bit, TorchaoAdamW8bit
 from .checkpoints import RunFlags, RunShape, allow_loading_onto_indexed_cpu, saved_record
 from .cpucomm import ReleaseSharedMemory
 from .fp16_adamw import Fp16AdamW8bit, ScaleGradient
 from .in_backward import OptimizerInBackward
 from .loading import compile_blocks
-from .loss import VOCAB_MULTIPLE, chunked_causal_lm_loss_sum
+from .loss import VOCAB_MULTIPLE, chunked_causal_lm_loss_sum, chunked_eval_sums
 from .machine import first_process
 from .plotting import LossPlotCallback
 from .progress import settle_trainer_output
@@ -140,7 +143,36 @@ class ClmTrainer(Trainer):
             loss = ScaleGradient.apply(loss, self.scaled_optimizer.loss_scale)
         return loss
 
+    # -- evaluation: the loss and eval_accuracy chunk by chunk, without a whole batch's logits
+
+    token_counts = None  # (correct, predicted) next tokens of the evaluation under way
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        self.token_counts = None
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                         metric_key_prefix)
+        if self.token_counts is not None:
+            correct, predicted = self.accelerator.reduce(self.token_counts, reduction="sum").tolist()
+            output.metrics[f"{metric_key_prefix}_accuracy"] = correct / max(predicted, 1)
+        return output
+
+    def _evaluation_loss(self, model, inputs):
+        """(mean next-token loss, ()) of an evaluation batch, counting the tokens it predicts right on the way."""
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+                        logits_to_keep=1, output_hidden_states=True)
+        head = self.accelerator.unwrap_model(model).get_output_embeddings()
+        multiple = VOCAB_MULTIPLE if getattr(self.args, "padded_lm_head", True) else 1
+        loss_sum, predicted, correct = chunked_eval_sums(outputs.hidden_states[-1], inputs["labels"], head,
+                                                         vocab_multiple=multiple)
+        counts = torch.stack([correct, predicted])
+        self.token_counts = counts if self.token_counts is None else self.token_counts + counts
+        return loss_sum / predicted.clamp(min=1), ()
+
     def _loss(self, model, inputs, return_outputs, num_items_in_batch):
+        if return_outputs and not model.training and self.args.prediction_loss_only \
+                and not is_deepspeed_zero3_enabled():  # ZeRO-3 holds each rank's slice of the head only
+            return self._evaluation_loss(model, inputs)
         if not getattr(self.args, "chunked_loss", False) or return_outputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         # Ask for the last position's logits only; the loss is computed from the final hidden states.
@@ -162,6 +194,9 @@ class ClmTrainer(Trainer):
         if _internal_call:  # the first thing a checkpoint write does
             self.checkpoint_started = time.time()
         super().save_model(output_dir, _internal_call=_internal_call)
+        written = os.path.join(output_dir or self.args.output_dir, TRAINING_ARGS_NAME)
+        if self.args.should_save and os.path.isfile(written):  # the Trainer pickles this tool's own class there
+            torch.save(plain_training_args(self.args), written)
         if _internal_call:
             testhooks.after_checkpoint_weights(self.state.global_step, lambda: StopOnSignal.received_any)
 

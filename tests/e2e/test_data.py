@@ -110,3 +110,38 @@ def test_a_run_on_a_dataset_folder_and_one_that_is_not_there(tiny_model, tmp_pat
     [line] = [line for line in missing.stderr.splitlines() if line.startswith("error: ")]
     assert line.startswith("error: --dataset_name someone/not_cached: cannot be read (offline: HF_HUB_OFFLINE=1")
     assert not (tmp_path / "none").exists()
+
+
+def test_chat_data_trains_on_the_assistants_turns(tiny_model, tmp_path):
+    """A jsonl of conversations trains through the plain template (the tiny tokenizer has none), one conversation a
+    sequence with only the replies in the loss; the loss falls, and the template is saved with the model."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from conftest import logged_losses
+
+    lines = [json.dumps({"messages": [{"role": "user", "content": f"Count to {n}."},
+                                      {"role": "assistant", "content": " ".join(str(i) for i in range(1, n + 1))}]})
+             for n in range(1, 9)]
+    (tmp_path / "chat.jsonl").write_text("\n".join(lines * 30) + "\n", encoding="utf-8")
+    _, tokens, sequences, eos = sequences_of(tmp_path / "s", tiny_model, tmp_path / "chat.jsonl")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    first = sequences["train"][0]
+    taught = [token for token, label in zip(first["input_ids"], first["labels"]) if label != -100]
+    assert tokenizer.decode(taught) == "1<|endoftext|>\n"  # the reply and the end of its turn, nothing else
+    assert len(sequences["train"]) == 240
+
+    out = tmp_path / "out"
+    result = python("run_clm.py", "--model_name_or_path", tiny_model, "--train_file", tmp_path / "chat.jsonl",
+                    "--do_train", "--output_dir", out, "--block_size", 64, "--per_device_train_batch_size", 8,
+                    "--max_steps", 30, "--learning_rate", 3e-3, "--logging_steps", 5, "--use_cpu",
+                    "--report_to", "none")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "a plain one is used and saved with the model" in result.stdout
+    assert "240 train conversations, one a sequence" in result.stdout
+    losses = logged_losses(out)
+    assert losses[-1] < losses[0] - 1.0, losses
+    from clmkit.chat import PLAIN_TEMPLATE
+
+    assert AutoTokenizer.from_pretrained(out).chat_template == PLAIN_TEMPLATE

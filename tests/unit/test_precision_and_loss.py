@@ -89,3 +89,26 @@ def test_a_larger_vocabulary_takes_fewer_tokens_a_chunk(vocab, tokens):
     in whole multiples of 128 tokens, and never fewer than 128."""
     assert chunk_tokens_for(vocab) == tokens
     assert tokens * vocab <= CHUNK_LOGITS or tokens == 128
+
+
+@pytest.mark.parametrize("vocab_multiple", [1, 128])
+def test_the_evaluation_counts_right_tokens_chunk_by_chunk(vocab_multiple):
+    """eval_accuracy without a whole batch's logits: the same loss and the same count of right argmaxes as the full
+    logits give, padding (-100) left out, over chunks that do not divide the tokens."""
+    from clmkit.loss import chunked_eval_sums
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 301, bias=False)
+    hidden = torch.randn(3, 40, 16)
+    labels = torch.randint(0, 301, (3, 40))
+    labels[1, 25:] = -100
+    logits = head(hidden)[:, :-1].reshape(-1, 301)
+    targets = labels[:, 1:].reshape(-1)
+    loss_sum, predicted, correct = chunked_eval_sums(hidden, labels, head, chunk_tokens=7,
+                                                     vocab_multiple=vocab_multiple)
+    assert torch.allclose(loss_sum, torch.nn.functional.cross_entropy(logits, targets, reduction="sum"), rtol=1e-5)
+    assert predicted == (targets != -100).sum() == 3 * 39 - 15
+    assert correct == ((logits.argmax(-1) == targets) & (targets != -100)).sum()
+    head.weight.data[:] = 0
+    head.weight.data[labels[0, 1]] = hidden[0, 0]  # the first prediction now surely right
+    assert chunked_eval_sums(hidden, labels, head, chunk_tokens=7)[2] >= 1
