@@ -16,6 +16,7 @@ from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 from . import modes
 from .checks import deepspeed_file_problems, machine_precision_problems, number_problems, out_of_range
 from .errors import UsageError
+from .loading import CHECKPOINTING
 from .machine import (CARDS, GPU_OVERRIDE, assume_machine, env_gib, first_process, read_json_object,
                       stand_in_for_launcher)
 
@@ -146,9 +147,18 @@ class DataArguments:
     )
 
 
+CHECKPOINTING_HELP = "Recompute activations in the backward pass: the memory that lets GPT-2 XL fit 16 GB."
+
+
 @dataclass
 class ClmTrainingArguments(TrainingArguments):
     """TrainingArguments with the defaults this tool wants."""
+
+    def __post_init__(self):
+        if CHECKPOINTING == "activation_checkpointing" and self.gradient_checkpointing is not None:
+            # The old name, given: it sets the new one, without the library's deprecation warning.
+            self.activation_checkpointing, self.gradient_checkpointing = self.gradient_checkpointing, None
+        super().__post_init__()
 
     mode: str = field(
         default=modes.AUTO,
@@ -165,11 +175,16 @@ class ClmTrainingArguments(TrainingArguments):
         metadata={"help": "With --plan: plan for a machine you do not have, a card by name (" + ", ".join(CARDS)
                           + ") or its figures, e.g. gpu=15,ram=12.7,bf16=no (a free notebook's T4: --machine t4)."},
     )
-    gradient_checkpointing: bool = field(
-        default=True,
-        metadata={"help": "Recompute activations in the backward pass: the memory that lets GPT-2 XL fit 16 GB. "
-                          "--no_gradient_checkpointing turns it off."},
-    )
+    if CHECKPOINTING == "activation_checkpointing":
+        activation_checkpointing: bool = field(
+            default=True,
+            metadata={"help": CHECKPOINTING_HELP + " --no_activation_checkpointing (or --no_gradient_checkpointing) "
+                                                   "turns it off."},
+        )
+    else:
+        gradient_checkpointing: bool = field(
+            default=True, metadata={"help": CHECKPOINTING_HELP + " --no_gradient_checkpointing turns it off."},
+        )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Start from step 0 even if output_dir holds checkpoints of an earlier run "
@@ -253,7 +268,9 @@ def translate_legacy_flags(argv: list[str]) -> list[str]:
     while i < len(argv):
         arg = argv[i]
         name, eq, value = arg.partition("=")
-        if name in RENAMED_FLAGS:
+        if name == "--no_gradient_checkpointing" and CHECKPOINTING == "activation_checkpointing":
+            out.append("--no_activation_checkpointing")  # this tool's own flag, by the name Transformers reads now
+        elif name in RENAMED_FLAGS:
             new = RENAMED_FLAGS[name]
             if first_process():  # every rank parses the same flags
                 print(f"notice: {name} is now {new}; using {new}", file=sys.stderr)
@@ -288,7 +305,7 @@ TRAINER_GROUPS = (
                                        "learning_rate", "lr_scheduler", "warmup", "optim", "weight_decay", "adam_",
                                        "max_grad_norm", "label_smoothing", "auto_find_batch_size", "neftune",
                                        "average_tokens")),
-    ("precision, memory and speed", ("bf16", "fp16", "tf32", "gradient_checkpointing", "torch_compile", "liger",
+    ("precision, memory and speed", ("bf16", "fp16", "tf32", "gradient_checkpointing", "activation_checkpointing", "torch_compile", "liger",
                                      "use_cache", "torch_empty_cache", "use_cpu", "deepspeed")),
     ("evaluation, saving and logging", ("eval", "prediction_loss_only", "include_", "batch_eval", "save_",
                                         "enable_jit_checkpoint", "logging_", "log_", "disable_tqdm",

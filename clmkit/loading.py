@@ -1,9 +1,10 @@
 """Model and tokenizer loading, shared by training (run_clm.py) and generation (run_generation.py)."""
 
+import dataclasses
 import os
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CONFIG_MAPPING
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CONFIG_MAPPING, TrainingArguments
 
 from . import modes
 from .errors import UsageError
@@ -11,6 +12,16 @@ from .loss import VOCAB_MULTIPLE, padding_rows
 from .machine import hub_offline
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+# Transformers 5.23 renamed gradient_checkpointing to activation_checkpointing, the old name a deprecated alias until
+# it goes: the field this version reads, on by default (clmkit/args.py) by that name.
+CHECKPOINTING = ("activation_checkpointing" if "activation_checkpointing" in
+                 {f.name for f in dataclasses.fields(TrainingArguments)} else "gradient_checkpointing")
+
+
+def checkpointing_on(training_args) -> bool:
+    return bool(getattr(training_args, CHECKPOINTING))
 
 
 SIZE_KEYS = ("n_embd", "n_layer", "n_head", "n_positions", "hidden_size", "num_hidden_layers",

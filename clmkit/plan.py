@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM
 from .data import context_length
 from .errors import UsageError
 from .adamw8bit import QUANTIZED_BLOCK, quantized
-from .loading import optim_name, training_dtype
+from .loading import checkpointing_on, optim_name, training_dtype
 from .loss import chunk_tokens_for
 from .machine import GiB, Machine, gib, gpu_here, local_ranks, probe_machine, same_on_every_process
 from . import modes
@@ -215,7 +215,7 @@ def setup_from_args(training_args, block_size, ds_config=None, model_args=None, 
         accumulation=training_args.gradient_accumulation_steps,
         block_size=block_size,
         precision="bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32",
-        checkpointing=bool(training_args.gradient_checkpointing),
+        checkpointing=checkpointing_on(training_args),
         chunk_tokens=chunk,
         use_cpu=bool(training_args.use_cpu),
         cuda=gpu_here(),

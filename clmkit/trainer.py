@@ -18,7 +18,6 @@ from transformers import Trainer, TrainerCallback, default_data_collator
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_callback import ExportableState
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
-from transformers.trainer_pt_utils import nested_gather
 
 from . import dtypecheck, profiling, testhooks
 from .args import plain_training_args
@@ -46,6 +45,7 @@ class ClmTrainer(Trainer):
 
     checkpoint_started = None
     loss_before_resume = 0.0  # the summed step losses of the run up to the checkpoint it resumed from
+    losses_this_call = None  # (summed step losses, micro-batches) of this call of train(), on the device
     scaled_optimizer = None  # the fp16 mode's optimizer, which keeps the loss scale
 
     # -- the optimizer: torchao's 8-bit AdamW with its step compiled once, the fp16 mode's, or either in the backward
@@ -87,22 +87,42 @@ class ClmTrainer(Trainer):
         return grad_norm if grad_norm is not None else self.scaled_optimizer.grad_norm()
 
     def log(self, logs, *args, **kwargs):
+        if "train_loss" in logs and self.state.global_step:  # the closing metrics, on every rank
+            logs["train_loss"] = self.loss_sum() / self.state.global_step
         if self.scaled_optimizer is not None and "loss" in logs:
             logs["loss_scale"] = self.scaled_optimizer.loss_scale
             logs["overflow_skipped_steps"] = self.scaled_optimizer.skipped_steps
         super().log(logs, *args, **kwargs)
 
+    # -- train_loss: the mean step loss of the whole run, the steps before a resume included. The Trainer's own is
+    # of the steps of this call alone in some releases and of all in others; this one is the same on every release.
+
     def train(self, resume_from_checkpoint=None, **kwargs):
         saved = saved_record(resume_from_checkpoint, LossSoFar) if resume_from_checkpoint else None
         self.loss_before_resume = saved["loss_sum"] if saved else 0.0
+        self.losses_this_call = None
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
-    def _save_checkpoint(self, model, trial):
-        # Every rank writes a checkpoint, so every rank takes part in gathering the loss not yet logged.
-        pending = nested_gather(self._tr_loss, self.args.parallel_mode).mean().item()
-        record = next(cb for cb in self.callback_handler.callbacks if isinstance(cb, LossSoFar))
-        record.loss_sum = self.loss_before_resume + self._total_loss_scalar + pending
-        super()._save_checkpoint(model, trial)
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        # What the Trainer adds to its own running loss, summed on the device in float64 (no wait for the GPU). A
+        # loss that is not finite counts as the mean so far, as the Trainer's logging_nan_inf_filter does.
+        step_loss = loss.detach().double()
+        if self.losses_this_call is None:
+            self.losses_this_call = torch.zeros(2, dtype=torch.float64, device=step_loss.device)
+        total, count = self.losses_this_call
+        mean = total / count.clamp(min=1)
+        step_loss = torch.where(torch.isfinite(step_loss), step_loss, mean) if self.args.logging_nan_inf_filter \
+            else step_loss
+        self.losses_this_call += torch.stack([step_loss, torch.ones_like(step_loss)])
+        return loss
+
+    def loss_sum(self):
+        """The summed step losses of the whole run so far, averaged over the ranks (every rank must call it)."""
+        if self.losses_this_call is None:
+            return self.loss_before_resume
+        this_call = self.accelerator.reduce(self.losses_this_call[0].clone(), reduction="mean").item()
+        return self.loss_before_resume + this_call
 
     def _issue_warnings_after_load(self, load_result):
         # A tied output layer is saved once, as the input embedding: its "missing" key is no loss.
@@ -112,11 +132,6 @@ class ClmTrainer(Trainer):
             self.model.tie_weights()
             load_result = load_result._replace(missing_keys=[])
         super()._issue_warnings_after_load(load_result)
-
-    def _finalize_training(self, trial, num_train_samples, start_time):
-        # The Trainer divides the losses it summed by every step of the run, resumed ones included.
-        self._total_loss_scalar += self.loss_before_resume
-        return super()._finalize_training(trial, num_train_samples, start_time)
 
     def _build_accelerator_args(self, **kwargs):
         args = super()._build_accelerator_args(**kwargs)
@@ -265,6 +280,13 @@ class LossSoFar(TrainerCallback, ExportableState):
 
     def __init__(self):
         self.loss_sum = 0.0
+        self.trainer = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # After the callbacks that ask for a checkpoint (the Trainer's schedule, a stop signal), before it is written;
+        # on every rank, each of which writes the checkpoint.
+        if control.should_save and self.trainer is not None:
+            self.loss_sum = self.trainer.loss_sum()
 
     def state(self):
         return {"args": {"loss_sum": self.loss_sum}, "attributes": {}}
@@ -318,6 +340,7 @@ def build_trainer(model, tokenizer, training_args, block_size, train_set, eval_s
                             training_args.gradient_accumulation_steps), RunFlags(training_args), LossSoFar(),
                    ReleaseSharedMemory()],
     )
+    next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, LossSoFar)).trainer = trainer
     trainer.add_callback(CheckpointTimer(trainer))
     trainer.add_callback(SkippedStepKeepsTheSchedule(trainer))
     hooks = dtypecheck.callbacks() + profiling.callbacks() + testhooks.callbacks(lambda: StopOnSignal.received_any)
