@@ -24,6 +24,7 @@ NOISE = [
     "Attempting to get learning rate from scheduler before it has started",
     "is an Enum subclass",
     "Traceback",
+    "deprecated",  # e.g. Transformers 5.23's notice for gradient_checkpointing, now activation_checkpointing
 ]
 # The deepspeed launcher's own processes start before any code of ours and say this on a machine without a GPU.
 LAUNCHERS_OWN = "Setting accelerator to CPU"
