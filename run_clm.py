@@ -10,10 +10,12 @@ from the newest checkpoint in --output_dir; --overwrite_output_dir starts again 
 """
 
 import copy
+import dataclasses
 import math
 import os
 import signal
 import sys
+from collections.abc import Sized
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # clmkit/ beside this file, wherever it is run from
 
@@ -27,7 +29,8 @@ from clmkit.buildlocks import announce_cpu_adam_build, clear_stale_build_locks  
 from clmkit.checkpoints import (delete_replaced_runs, finished_at, prepare_resume, resume_point,  # noqa: E402
                                 what_a_rerun_finds, written_with)  # noqa: E402
 from clmkit.cpucomm import prepare_deepspeed_on_cpu, release_shared_memory  # noqa: E402
-from clmkit.data import load_raw_texts, make_sequences, split_sequences, tokenize_texts  # noqa: E402
+from clmkit.data import (load_raw_texts, make_sequences, split_sequences, streamed_train_set,  # noqa: E402
+                         tokenize_texts)
 from clmkit.errors import UsageError, raise_if_any, run_cli  # noqa: E402
 from clmkit.loading import load_model_for_training, speed_switches  # noqa: E402
 from clmkit.machine import (TreeMemorySampler, apply_gpu_memory_cap, first_process, repeat_after_launcher,  # noqa: E402
@@ -40,6 +43,7 @@ from clmkit.trainer import (add_host_peak_through_save, build_trainer, describe,
                             save_final_model, stop_signal)
 
 import torch.distributed as dist  # noqa: E402
+from datasets import DatasetDict  # noqa: E402
 from transformers import set_seed  # noqa: E402
 
 
@@ -59,9 +63,10 @@ def main(argv=None):
     host_memory = TreeMemorySampler()  # run_stats.json's host RAM peak, loading included
     settle_bars()  # in a log file, a line per phase instead of the libraries' bars
     train_set, eval_set, notes = load_data(data_args, model_args, training_args, tokenizer, block_size)
-    show(startup_summary(plan, training_args, len(train_set) if training_args.do_train else None,
+    streamed = data_args.streaming and training_args.do_train
+    show(startup_summary(plan, training_args, None if streamed or not training_args.do_train else len(train_set),
                          len(eval_set) if eval_set is not None else 0, notes,
-                         speed_switches(config, model_args, training_args)))
+                         speed_switches(config, model_args, training_args), streamed=streamed))
     if not model_args.model_name_or_path:
         show(built_config(config))
     model = load_model(model_args, config, tokenizer, training_args)
@@ -138,6 +143,8 @@ def load_data(data_args, model_args, training_args, tokenizer, block_size):
     """Read, tokenize and cut the text once (on each node): the first process does it and fills the datasets cache,
     the others then read that cache. Too little text is reported with its token count and a fix.
     (train set, eval set, a line on the examples of each prompt/completion file)."""
+    if data_args.streaming and training_args.do_train:
+        return streamed_data(data_args, model_args, training_args, tokenizer, block_size)
     with training_args.main_process_first(desc="reading the text files"):
         raw, kinds = load_raw_texts(data_args, cache_dir=model_args.cache_dir, training=training_args.do_train,
                                     evaluating=training_args.do_eval)
@@ -146,6 +153,25 @@ def load_data(data_args, model_args, training_args, tokenizer, block_size):
     train_set, eval_set = split_sequences(sequences, data_args, block_size, tokens, training_args.do_eval, kinds)
     if training_args.do_train:
         raise_if_any(checks.batch_problems(len(train_set), training_args))
+    return train_set, eval_set, list(notes.values())
+
+
+def streamed_data(data_args, model_args, training_args, tokenizer, block_size):
+    """--streaming: the training sequences as a stream (made as training reads them); the evaluation set, if any,
+    read whole from --validation_file or the dataset's validation split."""
+    train_set = streamed_train_set(data_args, tokenizer, block_size, cache_dir=model_args.cache_dir)
+    if not training_args.do_eval:
+        return train_set, None, []
+    evaluation_only = dataclasses.replace(data_args, train_file=None, streaming=False)
+    with training_args.main_process_first(desc="reading the evaluation text"):
+        raw, kinds = load_raw_texts(evaluation_only, cache_dir=model_args.cache_dir, training=False)
+    if "validation" not in raw:
+        raise UsageError(f"--streaming --do_eval: --dataset_name {data_args.dataset_name} has no validation split; "
+                         "give --validation_file, or drop --do_eval")
+    raw = DatasetDict({"validation": raw["validation"]})
+    tokens = tokenize_texts(raw, kinds, tokenizer, evaluation_only, training_args)
+    sequences, notes = make_sequences(tokens, kinds, tokenizer, block_size, evaluation_only, training_args)
+    _, eval_set = split_sequences(sequences, evaluation_only, block_size, tokens, True, kinds)
     return train_set, eval_set, list(notes.values())
 
 
@@ -180,7 +206,12 @@ def train(trainer, training_args, train_set):
         sys.exit(128 + received)
     save_final_model(trainer, training_args.output_dir)
     add_host_peak_through_save(trainer)
-    metrics = dict(result.metrics, train_samples=len(train_set))
+    if isinstance(train_set, Sized):
+        samples = len(train_set)
+    else:  # a stream: the sequences this run's steps took from it
+        samples = (trainer.state.global_step * training_args.per_device_train_batch_size
+                   * training_args.gradient_accumulation_steps * training_args.world_size)
+    metrics = dict(result.metrics, train_samples=samples)
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
     trainer.save_state()

@@ -92,6 +92,13 @@ class DataArguments:
         default=None, metadata={"help": "The configuration of --dataset_name, where it has several (e.g. "
                                         "wikitext-2-raw-v1 of wikitext)."}
     )
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Read the training text as a stream, tokenized and cut as training takes it, instead of all "
+                          "of it first: for data larger than the disk or RAM would hold processed. Needs --max_steps; "
+                          "a rerun goes on from its checkpoint where the stream left off. Evaluation reads "
+                          "--validation_file (or the dataset's validation split) whole."},
+    )
     train_file: Optional[str] = field(
         default=None,
         metadata={"help": "Training text: a .txt file (one document), or a .csv or .json/.jsonl file with a 'text' "

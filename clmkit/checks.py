@@ -103,6 +103,10 @@ def flag_problems(model_args, data_args, training_args):
     elif training_args.do_eval and not (data_args.train_file or data_args.validation_file or named):
         problems.append("--do_eval needs --validation_file (or --train_file to hold some of it out, or "
                         "--dataset_name)")
+    if data_args.streaming and training_args.do_train and training_args.max_steps < 1:
+        problems.append("--streaming: give --max_steps (a stream has no length to count epochs by)")
+    if data_args.streaming and training_args.do_eval and not data_args.validation_file and not named:
+        problems.append("--streaming --do_eval: give --validation_file (a stream holds nothing out to evaluate on)")
     if data_args.dataset_config_name and not named:
         problems.append(f"--dataset_config_name {data_args.dataset_config_name}: a configuration of --dataset_name, "
                         "which is not given; add --dataset_name or drop it")

@@ -210,7 +210,24 @@ def _map_options(data_args):
 def tokenize_texts(raw, kinds, tokenizer, data_args, training_args):
     """Running text: each non-empty document as token ids ('input_ids'), ending in the end-of-text token.
     Prompt/completion: each example with a completion as 'prompt_ids' and 'completion_ids' (the completion ending in
-    the end-of-text token), kept apart so that only the completion counts in the loss."""
+    the end-of-text token), kept apart so that only the completion counts in the loss. Chat: each conversation as
+    'chat_ids' and 'chat_labels' (clmkit/chat.py), and its 'row'."""
+    if CHAT in kinds.values():
+        use_a_template(tokenizer)
+    tokens = {}
+    with training_args.main_process_first(desc="tokenizing"):
+        for split, dataset in raw.items():
+            function, unit = token_function(kinds[split], tokenizer)
+            tokens[split] = _mapped(dataset, function, "Tokenizing", split, unit, data_args,
+                                    with_indices=kinds[split] == CHAT)
+    return DatasetDict(tokens)
+
+
+TOKEN_COLUMNS = {TEXT: ["input_ids"], PAIRS: ["prompt_ids", "completion_ids"], CHAT: ["chat_ids", "chat_labels", "row"]}
+
+
+def token_function(kind, tokenizer):
+    """(the batched function that tokenizes text of `kind`, what it counts)."""
     eos = tokenizer.eos_token_id
     # Whole documents are longer than the model's context on purpose: they are cut into blocks next. Transformers'
     # warning that such a sequence "will result in indexing errors" would only alarm.
@@ -232,16 +249,18 @@ def tokenize_texts(raw, kinds, tokenizer, data_args, training_args):
         tokens = [chat_tokens(tokenizer, messages) for messages in batch[MESSAGES]]
         return {"chat_ids": [ids for ids, _ in tokens], "chat_labels": [labels for _, labels in tokens], "row": rows}
 
-    if CHAT in kinds.values():
-        use_a_template(tokenizer)
-    tokenizers = {TEXT: (documents, "texts"), PAIRS: (pairs, "examples"), CHAT: (chats, "conversations")}
-    tokens = {}
-    with training_args.main_process_first(desc="tokenizing"):
-        for split, dataset in raw.items():
-            function, unit = tokenizers[kinds[split]]
-            tokens[split] = _mapped(dataset, function, "Tokenizing", split, unit, data_args,
-                                    with_indices=kinds[split] == CHAT)
-    return DatasetDict(tokens)
+    return {TEXT: (documents, "texts"), PAIRS: (pairs, "examples"), CHAT: (chats, "conversations")}[kind]
+
+
+def sequence_function(kind, block_size, pad, separate_examples):
+    """The batched function that makes sequences of block_size tokens of tokenized text of `kind`."""
+    if kind == PAIRS:
+        return lambda batch: pad_pairs(batch, block_size, pad)
+    if kind == CHAT:
+        return lambda batch: pad_chats(batch, block_size, pad)
+    if separate_examples:
+        return lambda batch: pad_examples(batch, block_size, pad)
+    return lambda batch: cut_blocks(batch, block_size)
 
 
 def _mapped(dataset, function, desc, split, unit, data_args, with_indices=False):
@@ -264,13 +283,7 @@ def make_sequences(tokens, kinds, tokenizer, block_size, data_args, training_arg
             raise_if_any(too_long_chats(dataset, split, block_size, data_args))
 
     def to_sequences(kind):
-        if kind == PAIRS:
-            return lambda batch: pad_pairs(batch, block_size, pad)
-        if kind == CHAT:
-            return lambda batch: pad_chats(batch, block_size, pad)
-        if data_args.separate_examples:
-            return lambda batch: pad_examples(batch, block_size, pad)
-        return lambda batch: cut_blocks(batch, block_size)
+        return sequence_function(kind, block_size, pad, data_args.separate_examples)
 
     with training_args.main_process_first(desc="making sequences"):
         sequences = DatasetDict({split: _mapped(dataset, to_sequences(kinds[split]),
@@ -345,8 +358,12 @@ def too_long_chats(tokens, split, block_size, data_args):
 def pad_chats(batch, block_size, pad_id):
     """Each conversation (no longer than the block) right-padded; only the assistant's tokens are labels."""
     out = {"input_ids": [], "attention_mask": [], "labels": [], "cut_tokens": [], "loss_tokens": []}
-    for ids, labels in zip(batch["chat_ids"], batch["chat_labels"]):
+    for ids, labels, row in zip(batch["chat_ids"], batch["chat_labels"], batch["row"]):
         pad = block_size - len(ids)
+        if pad < 0:  # found as a stream reaches it (read whole, too_long_chats has said so before training)
+            raise UsageError(f"row {row + 1}: the conversation is {len(ids):,} tokens, longer than the block of "
+                             f"{block_size}; raise --block_size (up to the model's context), or split it into "
+                             "shorter conversations")
         out["input_ids"].append(ids + [pad_id] * pad)
         out["attention_mask"].append([1] * len(ids) + [0] * pad)
         out["labels"].append(labels + [-100] * pad)
@@ -368,6 +385,39 @@ def pad_examples(batch, block_size, pad_id):
     a prompt/completion example without a prompt."""
     return pad_pairs({"prompt_ids": [[] for _ in batch["input_ids"]], "completion_ids": batch["input_ids"]},
                      block_size, pad_id)
+
+
+def streamed_train_set(data_args, tokenizer, block_size, cache_dir=None):
+    """--streaming: the training sequences as an IterableDataset, made from the text as training reads it, in the
+    order of the file or dataset. A rerun after a stop skips the batches its checkpoint trained on and goes on with
+    the next: no example is trained on twice, none is left out."""
+    from datasets import load_dataset
+
+    if data_args.dataset_name:
+        stream = load_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=cache_dir,
+                              split="train", streaming=True)
+        plain = False
+    else:
+        path = data_args.train_file
+        plain = builder_for(path) == "text"
+        options = {"sample_by": "document", "encoding": "utf-8-sig"} if plain else {}
+        stream = load_dataset(builder_for(path), data_files={"train": path}, cache_dir=cache_dir, split="train",
+                              streaming=True, **options)
+    if stream.column_names is None:  # a json stream's columns are known once its first row is read
+        stream = stream.select_columns(list(next(iter(stream))))
+    stream, kind = in_columns_of_its_kind(stream, "train", data_args, plain)
+    if kind == CHAT:
+        use_a_template(tokenizer)
+    function, _ = token_function(kind, tokenizer)
+    tokens = stream.map(function, batched=True, batch_size=MAP_BATCH, remove_columns=stream.column_names,
+                        with_indices=kind == CHAT)
+    sequences = tokens.map(sequence_function(kind, block_size, tokenizer.pad_token_id, data_args.separate_examples),
+                           batched=True, batch_size=MAP_BATCH, remove_columns=TOKEN_COLUMNS[kind])
+    if kind != TEXT or data_args.separate_examples:
+        sequences = sequences.remove_columns(["cut_tokens", "loss_tokens"])
+    if data_args.max_train_samples is not None:
+        sequences = sequences.take(data_args.max_train_samples)
+    return sequences
 
 
 def split_sequences(sequences, data_args, block_size, tokens=None, evaluating=True, kinds=None):

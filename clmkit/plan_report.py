@@ -61,19 +61,26 @@ def built_config(config):
     return f"config:      built from scratch: {json.dumps(config.to_diff_dict(), sort_keys=True)}"
 
 
-def startup_summary(plan, training_args, n_train_sequences, n_eval_sequences, notes=(), speedups=""):
+def startup_summary(plan, training_args, n_train_sequences, n_eval_sequences, notes=(), speedups="",
+                    streamed=False):
     """The lines every run prints once its data is read, before the model loads. n_train_sequences is None for a
-    run that only evaluates; notes: more lines on the data (prompt/completion files); speedups: which of the speed
-    switches apply to this model."""
+    run that only evaluates, or one that streams its training text (streamed); notes: more lines on the data
+    (prompt/completion files); speedups: which of the speed switches apply to this model."""
     n, m, s = plan.needs, plan.machine, plan.setup
     out = training_args.output_dir
     engine = f"{params(plan.shape.n_params)} parameters ({plan.shape.model_type}), {s.precision_label}, {s.engine}"
-    if n_train_sequences is None:
+    if n_train_sequences is None and not streamed:
         return "\n".join([mode_line(plan, "mode:        "), f"model:       {engine}",
                           f"data:        {n_eval_sequences:,} evaluation sequences of {s.block_size} tokens; "
                           f"results in {out}", *(f"             {note}" for note in notes)])
-    steps = max(1, n_train_sequences // (s.micro_batch * s.accumulation * s.ranks * s.nodes))
     evaluation = f"; {n_eval_sequences:,} evaluation sequences" if n_eval_sequences else ""
+    if streamed:
+        data = (f"streamed (--streaming): sequences of {s.block_size} tokens made as training reads the text, "
+                f"{training_args.max_steps:,} steps (--max_steps){evaluation}")
+    else:
+        steps = max(1, n_train_sequences // (s.micro_batch * s.accumulation * s.ranks * s.nodes))
+        data = (f"{n_train_sequences:,} training sequences of {s.block_size} tokens = {steps:,} steps per epoch"
+                f"{evaluation}")
     change = plan.change()
     return "\n".join([
         mode_line(plan, "mode:        "),
@@ -81,8 +88,7 @@ def startup_summary(plan, training_args, n_train_sequences, n_eval_sequences, no
         f"model:       {engine}, gradient checkpointing {'on' if s.checkpointing else 'off'}",
         *([f"speed-ups:   {speedups}"] if speedups else []),
         f"batch:       {s.batch}",
-        f"data:        {n_train_sequences:,} training sequences of {s.block_size} tokens = {steps:,} steps per epoch"
-        f"{evaluation}",
+        f"data:        {data}",
         *(f"             {note}" for note in notes),
         f"memory:      {gpu_line(plan)}",
         f"             host RAM {gib(n.host)} peak ({host_terms(plan)}) of {gib(m.ram)} available{m.ram_note}: "
