@@ -4,14 +4,17 @@ can kill or signal the process exactly there.
     CLM_TEST_PAUSE=step:N        at the end of optimizer step N
     CLM_TEST_PAUSE=save:N        inside the write of checkpoint-N, after its weights and before trainer_state.json
     CLM_TEST_PAUSE=save:N:hold   the same, and staying there after a stop signal (a second Ctrl-C ends it)
+    CLM_TEST_RECORD=PATH         append the token ids of each sequence each optimizer step trains on to PATH (JSON lines)
 """
 
+import json
 import os
 import time
 
 from transformers import TrainerCallback
 
 HOOK = "CLM_TEST_PAUSE"
+RECORD = "CLM_TEST_RECORD"
 
 
 def _asked(kind):
@@ -53,3 +56,11 @@ def after_checkpoint_weights(step, signalled):
     """Called inside every checkpoint write, once its weights are written."""
     if _asked("save") == step:
         pause(f"inside the write of checkpoint-{step}", (lambda: False) if _holds() else signalled)
+
+
+def record_batch(step, inputs, first_process):
+    """Which sequences optimizer step `step` trains on, as the first process sees them."""
+    path = os.environ.get(RECORD)
+    if path and first_process:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, "sequences": inputs["input_ids"].tolist()}) + "\n")

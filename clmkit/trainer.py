@@ -104,6 +104,7 @@ class ClmTrainer(Trainer):
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        testhooks.record_batch(self.state.global_step + 1, inputs, self.is_world_process_zero())
         loss = super().training_step(model, inputs, num_items_in_batch)
         # What the Trainer adds to its own running loss, summed on the device in float64 (no wait for the GPU). A
         # loss that is not finite counts as the mean so far, as the Trainer's logging_nan_inf_filter does.

@@ -107,3 +107,49 @@ def test_fresh_start_keeps_the_earlier_run_until_it_finishes(setup, tmp_path):
     assert not [p for p in out.iterdir() if p.name.startswith("previous-run-")]
 
 
+
+
+def test_a_streamed_run_killed_and_rerun_sees_each_example_once_in_order(tiny_model, tmp_path):
+    """--streaming: the run killed (SIGKILL) at step 6, its checkpoint at step 4, and rerun, trains steps 5-8 on the
+    sequences the uninterrupted run trained them on: none again, none skipped, in the file's order."""
+    import json
+    import sys
+
+    from conftest import REPO
+
+    rows = [f"example {i:04d} " + "to be or not to be " * (i % 3 + 1) for i in range(200)]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"text": row}) + "\n" for row in rows), encoding="utf-8")
+
+    def command(out):
+        return [sys.executable, os.path.join(REPO, "run_clm.py"), "--model_name_or_path", str(tiny_model),
+                "--train_file", str(data), "--streaming", "--separate_examples", "--do_train", "--output_dir",
+                str(out), "--block_size", "32", "--per_device_train_batch_size", "4", "--max_steps", "8",
+                "--save_steps", "4", "--seed", "3", "--use_cpu", "--report_to", "none"]
+
+    def recorded(path):
+        steps = {}
+        for line in path.read_text().splitlines():
+            entry = json.loads(line)
+            steps.setdefault(entry["step"], []).append(entry["sequences"])
+        return steps
+
+    run_to_end(command(tmp_path / "whole"), env={"CLM_TEST_RECORD": str(tmp_path / "whole.jsonl")})
+    whole = recorded(tmp_path / "whole.jsonl")
+    assert sorted(whole) == list(range(1, 9)) and all(len(batches) == 1 for batches in whole.values())
+    seen = [tuple(sequence) for step in sorted(whole) for sequence in whole[step][0]]
+    assert len(set(seen)) == 32  # 8 steps x 4: 32 examples, each once
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    assert [list(s[:12]) for s in seen] == [tokenizer(row)["input_ids"][:12] for row in rows[:32]]  # in order
+
+    proc = run_until_paused(command(tmp_path / "killed"), "step:6")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    output = run_to_end(command(tmp_path / "killed"), env={"CLM_TEST_RECORD": str(tmp_path / "rerun.jsonl")})
+    assert "resuming from" in output and "checkpoint-4" in output
+    rerun = recorded(tmp_path / "rerun.jsonl")
+    assert sorted(rerun) == [5, 6, 7, 8]
+    for step in (5, 6, 7, 8):
+        assert rerun[step] == whole[step], step
