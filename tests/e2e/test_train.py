@@ -145,9 +145,10 @@ def test_a_port_in_use_is_one_line_naming_the_flag(tiny_model, corpus, tmp_path)
                       "--output_dir", tmp_path / "out", "--use_cpu", "--max_steps", "1"])
     assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert errors == [f"error: port {port}, where the launcher's processes meet, is in use (another run on this "
-                      f"machine?); give the launcher a free one: deepspeed --master_port {port + 1} --num_gpus=N "
-                      "run_clm.py ... (torchrun takes --master_port too)"], result.stderr[-3000:]
+    # Said once, and again once the launcher has said its own lines, so that it is what the user reads last.
+    assert errors == 2 * [f"error: port {port}, where the launcher's processes meet, is in use (another run on this "
+                          f"machine?); give the launcher a free one: deepspeed --master_port {port + 1} --num_gpus=N "
+                          "run_clm.py ... (torchrun takes --master_port too)"], result.stderr[-3000:]
     assert "Traceback" not in result.stderr
 
 
