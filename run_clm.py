@@ -43,7 +43,6 @@ from clmkit.trainer import (add_host_peak_through_save, build_trainer, describe,
                             save_final_model, stop_signal)
 
 import torch.distributed as dist  # noqa: E402
-from datasets import DatasetDict  # noqa: E402
 from transformers import set_seed  # noqa: E402
 
 
@@ -164,11 +163,8 @@ def streamed_data(data_args, model_args, training_args, tokenizer, block_size):
         return train_set, None, []
     evaluation_only = dataclasses.replace(data_args, train_file=None, streaming=False)
     with training_args.main_process_first(desc="reading the evaluation text"):
-        raw, kinds = load_raw_texts(evaluation_only, cache_dir=model_args.cache_dir, training=False)
-    if "validation" not in raw:
-        raise UsageError(f"--streaming --do_eval: --dataset_name {data_args.dataset_name} has no validation split; "
-                         "give --validation_file, or drop --do_eval")
-    raw = DatasetDict({"validation": raw["validation"]})
+        raw, kinds = load_raw_texts(evaluation_only, cache_dir=model_args.cache_dir, training=False,
+                                    validation_only=True)
     tokens = tokenize_texts(raw, kinds, tokenizer, evaluation_only, training_args)
     sequences, notes = make_sequences(tokens, kinds, tokenizer, block_size, evaluation_only, training_args)
     _, eval_set = split_sequences(sequences, evaluation_only, block_size, tokens, True, kinds)

@@ -41,16 +41,17 @@ def choose_block_size(data_args, config) -> int:
     return data_args.block_size
 
 
-def load_raw_texts(data_args, cache_dir=None, training=True, evaluating=True):
+def load_raw_texts(data_args, cache_dir=None, training=True, evaluating=True, validation_only=False):
     """(DatasetDict with 'train' and/or 'validation', {split: TEXT or PAIRS}). A split of running text has one
     column, 'text'; a split of prompt/completion examples has 'prompt' and 'completion'. Each file is read with its
     own builder, so a .txt training file and a .csv validation file go together. A run that only evaluates reads the
     train file only to hold its tail out, when there is no validation file. --dataset_name reads a dataset instead
-    (load_named_dataset)."""
+    (load_named_dataset). validation_only: the validation text alone, for a run that streams its training text
+    (nothing is held out of a stream)."""
     from datasets import load_dataset
 
     if data_args.dataset_name:
-        raw = load_named_dataset(data_args, cache_dir, evaluating)
+        raw = load_named_dataset(data_args, cache_dir, evaluating, validation_only)
         plain = set()
     else:
         files = {}
@@ -114,7 +115,7 @@ def in_columns_of_its_kind(dataset, split, data_args, plain_text=False):
     return dataset.rename_columns({old: new for old, new in names.items() if old != new}), kind
 
 
-def load_named_dataset(data_args, cache_dir=None, evaluating=True):
+def load_named_dataset(data_args, cache_dir=None, evaluating=True, validation_only=False):
     """--dataset_name (and --dataset_config_name) through datasets.load_dataset: a dataset of the Hub (from the
     datasets cache when offline) or a local folder of data files; a folder written by save_to_disk through
     load_from_disk. {'train': ..., 'validation': ...}: its validation split, or, where it has none, the first
@@ -128,6 +129,13 @@ def load_named_dataset(data_args, cache_dir=None, evaluating=True):
                                        for marker in ("dataset_dict.json", "state.json")):
             loaded = load_from_disk(name)
             loaded = {"train": loaded} if isinstance(loaded, Dataset) else dict(loaded)
+        elif validation_only:
+            try:
+                loaded = {"validation": load_dataset(name, config, cache_dir=cache_dir, split="validation")}
+            except ValueError as err:
+                if "split" not in str(err).lower():
+                    raise
+                loaded = {}  # said below
         else:
             loaded = dict(load_dataset(name, config, cache_dir=cache_dir))
     except Exception as err:  # the datasets library's many ways of not finding it: one line, not its traceback
@@ -136,6 +144,12 @@ def load_named_dataset(data_args, cache_dir=None, evaluating=True):
         raise UsageError(f"--dataset_name {name}{f' --dataset_config_name {config}' if config else ''}: cannot "
                          f"be read{offline}: {reason}; give a dataset of the Hub, a local folder of data files, or "
                          f"--train_file") from None
+    if validation_only:
+        if "validation" not in loaded:
+            raise UsageError(f"--dataset_name {name}: no 'validation' split, and a stream (--streaming) holds "
+                             "nothing out to evaluate on; drop --do_eval, or --streaming (the first "
+                             "--validation_split_percentage percent of the rows are then held out)")
+        return {"validation": loaded["validation"]}
     if "train" not in loaded:
         raise UsageError(f"--dataset_name {name}: no 'train' split (it has: {', '.join(loaded)}); "
                          "give a dataset with one, or --train_file")

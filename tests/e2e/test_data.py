@@ -47,14 +47,15 @@ def test_line_breaks_blank_lines_and_spaces_are_kept_exactly(tiny_model, tmp_pat
 # ---------------------------------------------------------------- --dataset_name, as upstream run_clm.py reads it
 
 
-def named_dataset(tmp_path, dataset, *extra, evaluating=True):
+def named_dataset(tmp_path, dataset, *extra, evaluating=True, validation_only=False):
     """load_raw_texts' (raw texts, kinds) for --dataset_name `dataset`, as run_clm.py calls it."""
     from clmkit.args import parse_args
     from clmkit.data import load_raw_texts
 
     flags = ["--output_dir", tmp_path / "out", "--do_train", "--use_cpu", "--dataset_name", dataset, *extra]
     _, data_args, _, _ = parse_args(list(map(str, flags)))
-    return load_raw_texts(data_args, cache_dir=str(tmp_path / "cache"), evaluating=evaluating)
+    return load_raw_texts(data_args, cache_dir=str(tmp_path / "cache"), evaluating=evaluating,
+                          validation_only=validation_only)
 
 
 ROWS = [f"Row {i}: {'to be or not to be ' * (i % 3 + 1)}" for i in range(40)]
@@ -145,3 +146,20 @@ def test_chat_data_trains_on_the_assistants_turns(tiny_model, tmp_path):
     from clmkit.chat import PLAIN_TEMPLATE
 
     assert AutoTokenizer.from_pretrained(out).chat_template == PLAIN_TEMPLATE
+
+
+def test_a_streamed_dataset_evaluates_on_its_validation_split_alone(tmp_path):
+    """--streaming trains on every train row as the stream gives it, so none can be held out: the evaluation text
+    is the dataset's validation split, and a dataset without one is one line, not a leak of training rows."""
+    import pytest
+
+    from clmkit.errors import UsageError
+
+    write_jsonl(tmp_path / "both" / "train.jsonl", ROWS[:30])
+    write_jsonl(tmp_path / "both" / "validation.jsonl", ROWS[30:])
+    raw, _ = named_dataset(tmp_path, tmp_path / "both", "--streaming", "--max_steps", 2, validation_only=True)
+    assert list(raw) == ["validation"] and raw["validation"]["text"] == ROWS[30:]
+
+    write_jsonl(tmp_path / "train_only" / "train.jsonl", ROWS)
+    with pytest.raises(UsageError, match="no 'validation' split, and a stream .* holds nothing out"):
+        named_dataset(tmp_path, tmp_path / "train_only", "--streaming", "--max_steps", 2, validation_only=True)
