@@ -62,18 +62,22 @@ def load_raw_texts(data_args, cache_dir=None, training=True, evaluating=True, va
         raw = {}
         plain = {split for split, path in files.items() if builder_for(path) == "text"}  # one 'text' column
         for split, path in files.items():
-            builder = builder_for(path)
-            # A .txt file is one document, read whole with its line breaks and blank lines (CRLF and CR become \n, a
-            # byte order mark is dropped): the one row texttocsv.py makes of it. The builder's default, a document
-            # per line, would put an end-of-text token after every line and teach the model to stop after one.
-            options = {"sample_by": "document", "encoding": "utf-8-sig"} if builder == "text" else {}
             started = time.time()
-            raw[split] = load_dataset(builder, data_files={split: path}, cache_dir=cache_dir, **options)[split]
+            raw[split] = load_dataset(builder_for(path), data_files={split: path}, cache_dir=cache_dir,
+                                      **read_options(path))[split]
             phase_done(f"Reading {path}", raw[split], started, "rows")
     kinds = {}
     for split, dataset in raw.items():
         raw[split], kinds[split] = in_columns_of_its_kind(dataset, split, data_args, split in plain)
     return DatasetDict(raw), kinds
+
+
+def read_options(path):
+    """load_dataset's options for a data file. A .txt file is one document, read whole with its line breaks and blank
+    lines (CRLF and CR become \n, a byte order mark is dropped): the one row texttocsv.py makes of it. The builder's
+    default, a document per line, would put an end-of-text token after every line and teach the model to stop after
+    one."""
+    return {"sample_by": "document", "encoding": "utf-8-sig"} if builder_for(path) == "text" else {}
 
 
 def source(split, data_args):
@@ -88,11 +92,11 @@ def source(split, data_args):
 def in_columns_of_its_kind(dataset, split, data_args, plain_text=False):
     """(the split with the columns of its kind, renamed: 'text', or 'prompt' and 'completion'; its kind).
     plain_text: read from a .txt file, whose one column is 'text' whatever --text_column says."""
+    if plain_text:
+        return dataset, TEXT
     flag, where = source(split, data_args)
     columns = dataset.column_names
-    kind = TEXT if plain_text else file_kind(columns, data_args)
-    if plain_text:
-        return dataset, kind
+    kind = file_kind(columns, data_args)
     if kind == PAIRS:
         names = {data_args.prompt_column: "prompt", data_args.completion_column: "completion"}
     elif kind == CHAT:
@@ -414,9 +418,8 @@ def streamed_train_set(data_args, tokenizer, block_size, cache_dir=None):
     else:
         path = data_args.train_file
         plain = builder_for(path) == "text"
-        options = {"sample_by": "document", "encoding": "utf-8-sig"} if plain else {}
         stream = load_dataset(builder_for(path), data_files={"train": path}, cache_dir=cache_dir, split="train",
-                              streaming=True, **options)
+                              streaming=True, **read_options(path))
     if stream.column_names is None:  # a json stream's columns are known once its first row is read
         stream = stream.select_columns(list(next(iter(stream))))
     stream, kind = in_columns_of_its_kind(stream, "train", data_args, plain)

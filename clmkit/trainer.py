@@ -173,14 +173,19 @@ class ClmTrainer(Trainer):
             output.metrics[f"{metric_key_prefix}_accuracy"] = correct / max(predicted, 1)
         return output
 
-    def _evaluation_loss(self, model, inputs):
-        """(mean next-token loss, ()) of an evaluation batch, counting the tokens it predicts right on the way."""
+    def _hidden_states_and_head(self, model, inputs):
+        """(the final hidden states, the LM head, the multiple its rows are padded to) for a loss in chunks: the
+        model is asked for the last position's logits only."""
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
                         logits_to_keep=1, output_hidden_states=True)
         head = self.accelerator.unwrap_model(model).get_output_embeddings()
         multiple = VOCAB_MULTIPLE if getattr(self.args, "padded_lm_head", True) else 1
-        loss_sum, predicted, correct = chunked_eval_sums(outputs.hidden_states[-1], inputs["labels"], head,
-                                                         vocab_multiple=multiple)
+        return outputs.hidden_states[-1], head, multiple
+
+    def _evaluation_loss(self, model, inputs):
+        """(mean next-token loss, ()) of an evaluation batch, counting the tokens it predicts right on the way."""
+        hidden, head, multiple = self._hidden_states_and_head(model, inputs)
+        loss_sum, predicted, correct = chunked_eval_sums(hidden, inputs["labels"], head, vocab_multiple=multiple)
         counts = torch.stack([correct, predicted])
         self.token_counts = counts if self.token_counts is None else self.token_counts + counts
         return loss_sum / predicted.clamp(min=1), ()
@@ -191,13 +196,8 @@ class ClmTrainer(Trainer):
             return self._evaluation_loss(model, inputs)
         if not getattr(self.args, "chunked_loss", False) or return_outputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        # Ask for the last position's logits only; the loss is computed from the final hidden states.
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
-                        logits_to_keep=1, output_hidden_states=True)
-        head = self.accelerator.unwrap_model(model).get_output_embeddings()
-        multiple = VOCAB_MULTIPLE if getattr(self.args, "padded_lm_head", True) else 1
-        loss_sum, count = chunked_causal_lm_loss_sum(outputs.hidden_states[-1], inputs["labels"], head,
-                                                     vocab_multiple=multiple)
+        hidden, head, multiple = self._hidden_states_and_head(model, inputs)
+        loss_sum, count = chunked_causal_lm_loss_sum(hidden, inputs["labels"], head, vocab_multiple=multiple)
         if num_items_in_batch is None or not self.model_accepts_loss_kwargs:
             return loss_sum / count.clamp(min=1)
         # As the model's own loss does: normalise by the tokens of the whole accumulated batch, across ranks.
