@@ -15,6 +15,7 @@ from transformers.trainer_callback import ExportableState
 from .errors import UsageError
 from .machine import first_process, gib
 from .modes import NAMES as MODE_NAMES
+from .saving import weight_files
 
 CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 # Files a finished run leaves at the top of output_dir, beside its checkpoint-<step> folders.
@@ -79,7 +80,7 @@ def set_aside_previous_run(output_dir):
     """For a fresh start over an earlier run: move its checkpoints and model into a folder that is deleted
     only once the new run finishes, so a failed fresh run loses nothing."""
     previous = [path for _, path in checkpoints_in(output_dir)]
-    previous += [os.path.join(output_dir, name) for name in FINAL_FILES
+    previous += [os.path.join(output_dir, name) for name in sorted(set(FINAL_FILES) | set(weight_files(output_dir)))
                  if os.path.isfile(os.path.join(output_dir, name))]
     if not previous:
         return

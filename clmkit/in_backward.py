@@ -8,14 +8,15 @@ What it cannot do, and the checks refuse: clip by the norm of all gradients (it 
 parameter has stepped), accumulate gradients over micro-batches (each backward would step), or share gradients
 between GPUs (each would step on its own).
 
-With --optimizer_state_on_host the optimizer state lives in host RAM, pinned, and only the parameter stepping has
-its state on the GPU: copied there in its hook, stepped, copied back into the same host tensors and dropped. The GPU
-then holds the weights, the activations, the gradients alive at once and one parameter's state: a 6B model's 8-bit
-state (12 GB) leaves the card, at the cost of moving it over PCIe both ways every step. On an H200, GPT-J 6B's
-shapes in the bf16 mode (forward, chunked loss and backward of 1,024 tokens, without the Trainer) peaked at 13.9 GiB
-allocated with it and 25.0 GiB without, and a step took 1.0 s instead of 0.4 s.
+With --optimizer_state_on_host the optimizer state lives in host RAM, pinned (HostState): the GPU holds the weights,
+the activations, the gradients alive at once and the state of the few weights stepping. A 7B model's 8-bit state
+(12.7 GiB) leaves the card, at the cost of moving it over PCIe both ways every step. The copies run on two streams
+of their own, one each way, so that they overlap the backward pass and each other; the host may run ahead of the GPU
+by a bounded amount of state in flight. Where the cap leaves room after the first step, the state of as many weights
+as fits stays on the GPU and stops moving.
 """
 
+import collections
 import math
 import mmap
 import weakref
@@ -32,7 +33,7 @@ class OptimizerInBackward(torch.optim.Optimizer):
         super().__init__(params, defaults={"lr": inner_kwargs.get("lr", 1e-3)})
         self.inner_cls = inner_cls
         self.state_on_host = state_on_host
-        self.host_state = {}  # parameter -> {state key: its host tensor}, made at the parameter's first step
+        self.host = HostState() if state_on_host else None
         self.inner = {}  # parameter -> (its optimizer, the group it belongs to), in the groups' order
         for group in self.param_groups:
             kwargs = dict(inner_kwargs, lr=group["lr"])
@@ -42,6 +43,11 @@ class OptimizerInBackward(torch.optim.Optimizer):
                 self.inner[p] = (inner_cls([p], **kwargs), group)
         self._hooks = [p.register_post_accumulate_grad_hook(self._step_one) for p in self.inner]
 
+    @property
+    def host_state(self):
+        """parameter -> {state key: its host tensor}, for the weights whose state is in host RAM."""
+        return self.host.tensors if self.host is not None else {}
+
     def _step_one(self, p):
         optimizer, group = self.inner[p]
         inner = optimizer.param_groups[0]  # the schedule sets the learning rate of this one's groups
@@ -49,39 +55,26 @@ class OptimizerInBackward(torch.optim.Optimizer):
             inner["lr"].fill_(group["lr"])
         else:
             inner["lr"] = group["lr"]
-        if self.state_on_host:
-            # This parameter's state to its device for the step: a copy on the CPU too, so the path is the same
-            state = optimizer.state[p]
-            for key in self.host_state.get(p, ()):
-                state[key] = _copy(state[key], p.device)
+        if self.host is not None:
+            self.host.fetch(p, optimizer.state[p])
         optimizer.step()
         p.grad = None
-        if self.state_on_host:
-            self._to_host(p, optimizer.state[p])
-
-    def _to_host(self, p, state):
-        """Copy p's state into its host tensors (made the first time) and put those in the optimizer's state, so the
-        copies on the GPU are freed. Only the state shaped like the weight moves (Adam's m and v); the step count,
-        a 0-dim tensor that torch and torchao keep on the CPU for the host to read, stays where it is."""
-        host = self.host_state.setdefault(p, {})
-        for key, value in state.items():
-            if not torch.is_tensor(value) or value.shape != p.shape:
-                continue
-            if key in host:
-                host[key].copy_(value)  # torchao's 8-bit state copies its codes and scales
-            else:
-                host[key] = _copy(value, torch.device("cpu"), pin=torch.cuda.is_available())
-            state[key] = host[key]
+        if self.host is not None:
+            self.host.store(p, optimizer.state[p])
 
     @torch.no_grad()
     def step(self, closure=None):
         """Every parameter stepped already, in the backward pass."""
+        if self.host is not None:
+            self.host.after_step()
         return closure() if closure is not None else None
 
     def zero_grad(self, set_to_none=True):
         """Every gradient was freed as soon as its parameter stepped."""
 
     def state_dict(self):
+        if self.host is not None:
+            self.host.settle()  # the host tensors as the last step left them
         return {"in_backward": [optimizer.state_dict() for optimizer, _ in self.inner.values()],
                 "lr": [group["lr"] for group in self.param_groups]}
 
@@ -89,12 +82,157 @@ class OptimizerInBackward(torch.optim.Optimizer):
         saved = state_dict["in_backward"]
         if len(saved) != len(self.inner):
             raise ValueError(f"the checkpoint's optimizer holds {len(saved)} parameters, this model {len(self.inner)}")
-        for (p, (optimizer, _)), state in zip(self.inner.items(), saved):
-            optimizer.load_state_dict(state)  # onto p's device, where torch puts a loaded state
-            if self.state_on_host:
-                self._to_host(p, optimizer.state[p])  # one parameter's state on the GPU at a time, then back
+        for index, (p, (optimizer, _)) in enumerate(self.inner.items()):
+            optimizer.load_state_dict(saved[index])  # onto p's device, where torch puts a loaded state
+            # The loaded copy goes as soon as the weight's state has its own, so that host RAM holds the state about
+            # once, not twice, while a checkpoint loads.
+            saved[index] = None
+            if self.host is not None:
+                self.host.take(p, optimizer.state[p])  # one parameter's state on the GPU at a time, then to host
         for group, lr in zip(self.param_groups, state_dict["lr"]):
             group["lr"] = lr
+
+
+class HostState:
+    """The optimizer state of the weights kept in host RAM, and its copies to the GPU for each weight's step and
+    back. On the CPU (the tests) the same path copies within host RAM."""
+
+    # GPU memory left unreserved under the cap when state is kept on the GPU: what a longer batch or the
+    # evaluation may still need.
+    HEADROOM = 1 << 30
+    # State the host may have sent to the GPU ahead of the steps that use it (at least two of the largest weight's):
+    # enough to keep a copy engine busy while earlier weights step, bounded so the cap holds.
+    IN_FLIGHT = 256 << 20
+
+    def __init__(self):
+        self.tensors = {}  # parameter -> {state key: its host tensor}, made at the parameter's first step
+        self.on_gpu = set()  # parameters whose state stays on the GPU (room under the cap)
+        self.room = 0  # bytes of GPU memory still free for state to stay there
+        self.steps = 0
+        self.cuda = torch.cuda.is_available()
+        self.upload = torch.cuda.Stream() if self.cuda else None
+        self.download = torch.cuda.Stream() if self.cuda else None
+        self.stored = {}  # parameter -> the event of its state's copy to host, which the next copy in waits for
+        self.in_flight = collections.deque()  # (event, bytes) of the copies to host not known to be done
+        self.in_flight_bytes = 0
+        self.in_flight_limit = self.IN_FLIGHT
+
+    def fetch(self, p, state):
+        """p's state to p's device for its step."""
+        host = self.tensors.get(p)
+        if not host:
+            return  # its first step (torch makes the state where p is), or its state stays on the GPU
+        if not self.cuda or p.device.type != "cuda":
+            for key in host:
+                state[key] = _copy(host[key], p.device)
+            return
+        self._wait_for_room(sum(_nbytes(value) for value in host.values()))
+        compute = torch.cuda.current_stream(p.device)
+        with torch.cuda.stream(self.upload):
+            if p in self.stored:
+                self.upload.wait_event(self.stored[p])  # the last step's copy to host has landed
+            for key in host:
+                state[key] = _copy(host[key], p.device)
+                for leaf in _leaves(state[key]):
+                    leaf.record_stream(compute)  # made on the upload stream, used and freed on the others
+                    leaf.record_stream(self.download)
+        compute.wait_stream(self.upload)
+
+    def store(self, p, state):
+        """After p's step: its state back into its host tensors (made the first time), or kept on the GPU where
+        there is room."""
+        if p in self.on_gpu:
+            return
+        host = self.tensors.get(p)
+        if host is None:
+            self.take(p, state)
+            return
+        size = sum(_nbytes(value) for value in host.values())
+        if size <= self.room:
+            self.room -= size
+            self.on_gpu.add(p)
+            self.stored.pop(p, None)
+            del self.tensors[p]  # the pinned host copy is freed
+            return
+        if not self.cuda or p.device.type != "cuda":
+            for key in host:
+                _copy_into(host[key], state[key])
+                state[key] = host[key]
+            return
+        self.download.wait_stream(torch.cuda.current_stream(p.device))
+        with torch.cuda.stream(self.download):
+            for key in host:
+                _copy_into(host[key], state[key])
+                state[key] = host[key]  # the GPU copy is freed once the download stream is past it
+            done = self.download.record_event()
+        self.stored[p] = done
+        self.in_flight.append((done, size))
+        self.in_flight_bytes += size
+
+    def take(self, p, state):
+        """Copy p's state into its host tensors (made the first time) and put those in the optimizer's state. Only
+        the state shaped like the weight moves (Adam's m and v); the step count, a 0-dim tensor that torch and
+        torchao keep on the CPU for the host to read, stays where it is."""
+        host = self.tensors.setdefault(p, {})
+        for key, value in state.items():
+            if not torch.is_tensor(value) or value.shape != p.shape:
+                continue
+            if key in host:
+                host[key].copy_(value)  # torchao's 8-bit state copies its codes and scales
+            else:
+                host[key] = _copy(value, torch.device("cpu"), pin=self.cuda)
+            state[key] = host[key]
+        self.on_gpu.discard(p)
+        self.in_flight_limit = max(self.in_flight_limit, 2 * sum(_nbytes(value) for value in host.values()))
+
+    def after_step(self):
+        """At the end of each step; after the first, the room the cap leaves is given to state that stays on the
+        GPU."""
+        self.steps += 1
+        if self.steps != 1 or not self.cuda:
+            return
+        device = torch.cuda.current_device()
+        free, total = torch.cuda.mem_get_info(device)
+        fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda device: 1.0)(device)
+        limit = min(torch.cuda.memory_reserved(device) + free, fraction * total)  # CLM_GPU_MEMORY_GIB's cap too
+        self.room = max(0, int(limit - torch.cuda.max_memory_reserved(device) - self.HEADROOM))
+        state = sum(_nbytes(value) for host in self.tensors.values() for value in host.values())
+        if state:
+            print(f"optimizer state: {min(self.room, state) / 2**30:.2f} of its {state / 2**30:.2f} GiB stays on the "
+                  f"GPU from step 2 (the room under the GPU's limit after step 1, less "
+                  f"{self.HEADROOM / 2**30:.0f} GiB kept free); the rest moves over PCIe each step", flush=True)
+
+    def settle(self):
+        """Wait for every copy to host, so that the host tensors hold the last step's state."""
+        if self.cuda:
+            self.download.synchronize()
+        self.in_flight.clear()
+        self.in_flight_bytes = 0
+
+    def _wait_for_room(self, size):
+        """Hold the host back while the state in flight would pass the limit: wait for the oldest copy to host."""
+        while self.in_flight and self.in_flight_bytes + size > self.in_flight_limit:
+            event, done = self.in_flight.popleft()
+            event.synchronize()
+            self.in_flight_bytes -= done
+
+
+def _leaves(value):
+    """The plain tensors of a tensor or of a tensor subclass such as torchao's 8-bit state."""
+    if is_traceable_wrapper_subclass(value):
+        names, _ = value.__tensor_flatten__()
+        return [leaf for name in names for leaf in _leaves(getattr(value, name))]
+    return [value]
+
+
+def _nbytes(value):
+    return sum(leaf.numel() * leaf.element_size() for leaf in _leaves(value))
+
+
+def _copy_into(out, value):
+    """out (a host tensor, or torchao's 8-bit state in host tensors) takes value's data, not waiting for the GPU."""
+    for target, source in zip(_leaves(out), _leaves(value)):
+        target.copy_(source, non_blocking=True)
 
 
 def _copy(value, device, pin=False):

@@ -23,6 +23,7 @@ from .loss import chunk_tokens_for
 from .machine import GiB, Machine, gib, gpu_here, local_ranks, probe_machine, same_on_every_process
 from . import modes
 from .modes import MODES, PARITY_BAR, contradictions
+from .saving import host_copy_bytes
 
 # Resident memory of one worker before any model state: Python and the libraries imported, the data tokenized, the
 # Trainer built (the tiny test model's peak host RSS, whose states are kilobytes).
@@ -147,8 +148,9 @@ class Setup:
 
     @property
     def loads_to_gpu(self):
-        """The fp16 mode's pretrained weights are read straight onto the GPU (clmkit/loading.py)."""
-        return self.pretrained and self.fp16_mode and self.cuda and not self.use_cpu
+        """Pretrained 16-bit weights trained without DeepSpeed are read straight onto the GPU (clmkit/loading.py)."""
+        return self.pretrained and not self.deepspeed and self.weights in ("fp16", "bf16") and self.cuda \
+            and not self.use_cpu
 
     @property
     def precision_label(self):
@@ -463,9 +465,12 @@ def estimate(shape: ModelShape, setup: Setup) -> Needs:
         loading = setup.ranks * setup.load_bytes * shape.largest_param
     else:  # every rank builds (or loads) the whole model on the CPU first; initialising a tensor copies it once
         loading = setup.ranks * setup.load_bytes * (n + shape.largest_param)
-    # model.safetensors: safetensors copies every GPU tensor to the CPU and keeps them all until the file is
-    # written; ZeRO-3 gathers a 16-bit copy on the CPU first. On the CPU the weights are written where they are.
+    # model.safetensors: safetensors copies every GPU tensor of a file to the CPU and keeps them until the file is
+    # written. Without DeepSpeed the weights go in shards (clmkit/saving.py); the Trainer's DeepSpeed save writes one
+    # file, and ZeRO-3 gathers a 16-bit copy on the CPU first. On the CPU the weights are written where they are.
     saving = weight_bytes * n if (not setup.use_cpu or setup.stage == 3) else 0
+    if saving and not setup.deepspeed:
+        saving = host_copy_bytes(saving, weight_bytes * shape.largest_param)
 
     # A checkpoint: model.safetensors in the training dtype, DeepSpeed's module states (the weights again, except
     # under ZeRO-3) and the fp32 master weights with Adam's m and v (12 bytes); plain PyTorch: fp32 weights and

@@ -5,6 +5,7 @@ can kill or signal the process exactly there.
     CLM_TEST_PAUSE=save:N        inside the write of checkpoint-N, after its weights and before trainer_state.json
     CLM_TEST_PAUSE=save:N:hold   the same, and staying there after a stop signal (a second Ctrl-C ends it)
     CLM_TEST_RECORD=PATH         append the token ids of each sequence each optimizer step trains on to PATH (JSON lines)
+    CLM_TEST_SHARD_BYTES=N       write the model's weights in shards of N bytes (a tiny model's weights in several)
 """
 
 import json
@@ -15,6 +16,7 @@ from transformers import TrainerCallback
 
 HOOK = "CLM_TEST_PAUSE"
 RECORD = "CLM_TEST_RECORD"
+SHARD_BYTES = "CLM_TEST_SHARD_BYTES"
 
 
 def _asked(kind):
@@ -64,3 +66,8 @@ def record_batch(step, inputs, first_process):
     if path and first_process:
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps({"step": step, "sequences": inputs["input_ids"].tolist()}) + "\n")
+
+
+def shard_bytes(default):
+    """The size of a weights shard: the tool's own, or the test's."""
+    return int(os.environ.get(SHARD_BYTES) or default)

@@ -31,6 +31,7 @@ from .loss import VOCAB_MULTIPLE, chunked_causal_lm_loss_sum, chunked_eval_sums
 from .machine import first_process
 from .plotting import LossPlotCallback
 from .progress import settle_trainer_output
+from .saving import weight_files, write_model
 from .stats import RunStatsCallback
 
 
@@ -209,10 +210,17 @@ class ClmTrainer(Trainer):
     def save_model(self, output_dir=None, _internal_call=False):
         if _internal_call:  # the first thing a checkpoint write does
             self.checkpoint_started = time.time()
-        super().save_model(output_dir, _internal_call=_internal_call)
-        written = os.path.join(output_dir or self.args.output_dir, TRAINING_ARGS_NAME)
-        if self.args.should_save and os.path.isfile(written):  # the Trainer pickles this tool's own class there
-            torch.save(plain_training_args(self.args), written)
+        output_dir = output_dir or self.args.output_dir
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:  # the engine gathers the weights for the Trainer
+            super().save_model(output_dir, _internal_call=_internal_call)
+        elif self.args.should_save:
+            # The weights in shards, written from where they are (the Trainer's own save writes one file, and with it
+            # a host copy of every weight at once).
+            write_model(self.accelerator.unwrap_model(self.model), output_dir, self.processing_class)
+            if self.args.push_to_hub and not _internal_call:
+                self.push_to_hub(commit_message="Model save")
+        if self.args.should_save:  # Transformers' own TrainingArguments, which loads without this tool
+            torch.save(plain_training_args(self.args), os.path.join(output_dir, TRAINING_ARGS_NAME))
         if _internal_call:
             testhooks.after_checkpoint_weights(self.state.global_step, lambda: StopOnSignal.received_any)
 
@@ -381,8 +389,11 @@ def save_final_model(trainer, output_dir):
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
         names = sorted(os.listdir(staging), key=lambda name: name.startswith("model"))
+        replaced = set(weight_files(output_dir)) - set(names)
         for name in names:
             os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
         os.rmdir(staging)
+        for name in replaced:  # an earlier model's weights in other files (one file then, shards now): not this model's
+            os.remove(os.path.join(output_dir, name))
         print(f"final model written to {output_dir} in {time.time() - started:.1f} s", flush=True)
     trainer.accelerator.wait_for_everyone()

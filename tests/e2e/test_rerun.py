@@ -10,6 +10,7 @@ import subprocess
 import time
 
 import pytest
+import torch
 
 from conftest import REPO, SAVE_EVERY, STEPS, final_state, resume_command, run_to_end, run_until_paused
 
@@ -122,6 +123,35 @@ def test_rerunning_a_finished_command_changes_nothing(tiny_model, corpus, tmp_pa
     assert rates[0] == 0 and rates[1] == pytest.approx(0.000208, rel=1e-2) and rates[-1] == pytest.approx(4.17e-5,
                                                                                                           rel=1e-2)
     assert f"--model_name_or_path {out} --output_dir ANOTHER_FOLDER --max_steps {SAVE_EVERY}" in log
+
+
+def test_weights_in_shards_resume_and_a_replaced_model_leaves_no_file_of_the_old_one(tiny_model, corpus, tmp_path):
+    """The weights are written in shards, so that host RAM holds one shard's copy at a time (a 7B model's 13.5 GB
+    at once otherwise); here a tiny model's are split with CLM_TEST_SHARD_BYTES. A checkpoint in shards resumes, and
+    a final model written over an earlier one in other files leaves none of the earlier files behind, which
+    from_pretrained would read instead."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from clmkit.saving import weight_files
+
+    out = tmp_path / "out"
+    cmd = resume_command(tiny_model, corpus, out, use_deepspeed=False)
+    run_to_end(cmd, env={"CLM_TEST_SHARD_BYTES": "100000"})
+    shards = weight_files(out)
+    assert len(shards) > 3 and "model.safetensors.index.json" in shards and "model.safetensors" not in shards, shards
+    assert "model.safetensors.index.json" in weight_files(out / f"checkpoint-{STEPS}")
+    longer = list(cmd)
+    longer[longer.index("--max_steps") + 1] = str(STEPS + SAVE_EVERY)
+    log = run_to_end(longer)
+    assert f"resuming from {out}/checkpoint-{STEPS}" in log
+    assert final_state(out)[0] == STEPS + SAVE_EVERY
+    assert weight_files(out) == ["model.safetensors"]
+    model = AutoModelForCausalLM.from_pretrained(out)
+    saved = load_file(out / f"checkpoint-{STEPS + SAVE_EVERY}" / "model.safetensors")
+    for name, value in model.state_dict().items():
+        if name in saved:
+            assert torch.equal(value, saved[name]), name
 
 
 # ---------------------------------------------------------------- a build killed half-way

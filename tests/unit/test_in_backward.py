@@ -159,9 +159,11 @@ def test_a_resumed_optimizer_with_the_state_on_host_goes_on_as_the_uninterrupted
     resumed = tiny_gpt2()
     resumed.load_state_dict(saved_weights)
     optimizer = OptimizerInBackward(groups(resumed), torch.optim.AdamW, state_on_host=True, **HYPER)
-    optimizer.load_state_dict(saved_optimizer)
     loaded = [v for state in saved_optimizer["in_backward"] for s in state["state"].values() for v in s.values()]
-    for p in resumed.parameters():
+    optimizer.load_state_dict(saved_optimizer)
+    # each weight's loaded state is let go once it has its host tensors: host RAM holds the state once, not twice
+    assert saved_optimizer["in_backward"] == [None] * len(loaded_params := list(resumed.parameters()))
+    for p in loaded_params:
         for key, value in optimizer.host_state[p].items():
             assert optimizer.inner[p][0].state[p][key] is value and all(value is not v for v in loaded)
     train(resumed, optimizer, data[3:], in_backward=True)
