@@ -19,6 +19,7 @@ as fits stays on the GPU and stops moving.
 import collections
 import math
 import mmap
+import os
 import weakref
 
 import torch
@@ -93,6 +94,11 @@ class OptimizerInBackward(torch.optim.Optimizer):
             group["lr"] = lr
 
 
+def in_flight_bytes():
+    """The state in flight to and from the GPU at once: 256 MiB, or CLM_STATE_IN_FLIGHT_MIB (for measuring)."""
+    return int(float(os.environ.get("CLM_STATE_IN_FLIGHT_MIB") or 256) * 2**20)
+
+
 class HostState:
     """The optimizer state of the weights kept in host RAM, and its copies to the GPU for each weight's step and
     back. On the CPU (the tests) the same path copies within host RAM."""
@@ -100,9 +106,9 @@ class HostState:
     # GPU memory left unreserved under the cap when state is kept on the GPU: what a longer batch or the
     # evaluation may still need.
     HEADROOM = 1 << 30
-    # State the host may have sent to the GPU ahead of the steps that use it (at least two of the largest weight's):
-    # enough to keep a copy engine busy while earlier weights step, bounded so the cap holds.
-    IN_FLIGHT = 256 << 20
+    # State the host may have sent to the GPU ahead of the steps that use it: enough to keep a copy engine busy
+    # while earlier weights step, bounded so the cap holds (a weight whose state is larger goes alone).
+    IN_FLIGHT = in_flight_bytes()
 
     def __init__(self):
         self.tensors = {}  # parameter -> {state key: its host tensor}, made at the parameter's first step
@@ -115,7 +121,6 @@ class HostState:
         self.stored = {}  # parameter -> the event of its state's copy to host, which the next copy in waits for
         self.in_flight = collections.deque()  # (event, bytes) of the copies to host not known to be done
         self.in_flight_bytes = 0
-        self.in_flight_limit = self.IN_FLIGHT
 
     def fetch(self, p, state):
         """p's state to p's device for its step."""
@@ -183,7 +188,6 @@ class HostState:
                 host[key] = _copy(value, torch.device("cpu"), pin=self.cuda)
             state[key] = host[key]
         self.on_gpu.discard(p)
-        self.in_flight_limit = max(self.in_flight_limit, 2 * sum(_nbytes(value) for value in host.values()))
 
     def after_step(self):
         """At the end of each step; after the first, the room the cap leaves is given to state that stays on the
@@ -211,7 +215,7 @@ class HostState:
 
     def _wait_for_room(self, size):
         """Hold the host back while the state in flight would pass the limit: wait for the oldest copy to host."""
-        while self.in_flight and self.in_flight_bytes + size > self.in_flight_limit:
+        while self.in_flight and self.in_flight_bytes + size > self.IN_FLIGHT:
             event, done = self.in_flight.popleft()
             event.synchronize()
             self.in_flight_bytes -= done

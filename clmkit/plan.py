@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM
 from .data import context_length
 from .errors import UsageError
 from .adamw8bit import QUANTIZED_BLOCK, quantized
+from .in_backward import in_flight_bytes
 from .loading import checkpointing_on, optim_name, training_dtype
 from .loss import chunk_tokens_for
 from .machine import GiB, Machine, gib, gpu_here, local_ranks, probe_machine, same_on_every_process
@@ -434,8 +435,6 @@ def estimate(shape: ModelShape, setup: Setup) -> Needs:
             buffers = 0
         else:
             buffers = STEP_WORKING_BYTES * shape.largest_param
-            if setup.state_on_host:  # the weight's state, copied in for its step
-                buffers += optimizer_state * shape.largest_param
     kept, transient, loss, layer = activation_bytes(shape, setup, act_bytes)
     if not setup.deepspeed and not setup.fp16_mode and setup.half and weight_bytes == 2 and setup.checkpointing:
         kept += (AUTOCAST_KEPT - 1) * shape.layers * shape.hidden * setup.micro_batch * setup.block_size * act_bytes
@@ -443,6 +442,9 @@ def estimate(shape: ModelShape, setup: Setup) -> Needs:
         # The largest weight steps as the backward ends, when the activations are gone: only what its step needs
         # beyond them counts.
         buffers = max(0, buffers - kept - transient)
+    if setup.state_on_host and not setup.deepspeed and setup.optim in OPTIMIZER_STATE_BYTES:
+        # The state copied in ahead of the weights' steps, beside the activations (clmkit/in_backward.py)
+        buffers += max(in_flight_bytes(), optimizer_state * shape.largest_param)
 
     worker = WORKER_BASELINE + (CUDA_BASELINE if setup.cuda and not setup.use_cpu else 0)
     baseline = setup.ranks * worker + (LAUNCHER_BASELINE if setup.launcher else 0)
@@ -648,20 +650,41 @@ class Plan:
         """(what to change, the setup after it): each alternative at its own micro-batch, then at smaller ones with
         more accumulation, so that the sequences per optimizer step stay the same."""
         s = self.setup
+        fewer = []  # the run's mode stepped in the backward at a smaller micro-batch: fewer sequences a step, last
         for what, alternative in self._alternatives():
             own = alternative.micro_batch
             total = alternative.micro_batch * alternative.accumulation
+            if alternative.in_backward and what == "":  # it cannot accumulate: one micro-batch holds the step
+                for micro in range(own - 1, 0, -1):
+                    batch = (f"--per_device_train_batch_size {micro} ({micro} sequence{'s' * (micro > 1)} a step "
+                             f"instead of {total}: stepped in the backward, the mode cannot accumulate)")
+                    fewer.append((", plus ".join(part for part in (what, batch) if part),
+                                  dataclasses.replace(alternative, micro_batch=micro, accumulation=1)))
             for micro in [m for m in range(own, 0, -1) if own % m == 0]:
                 if what == "" and micro == s.micro_batch:
                     continue
                 if alternative.in_backward and micro != own:
-                    break  # it cannot accumulate: one micro-batch holds the step
+                    break
                 candidate = dataclasses.replace(alternative, micro_batch=micro, accumulation=total // micro)
                 batch = "" if (micro, candidate.accumulation) == (s.micro_batch, s.accumulation) or \
                     alternative.in_backward else (
                     f"--per_device_train_batch_size {micro} --gradient_accumulation_steps {candidate.accumulation} "
                     f"(the same {s.micro_batch * s.accumulation} sequences a step per GPU)")
                 yield ", plus ".join(part for part in (what, batch) if part), candidate
+        yield from fewer
+
+    def largest_micro_batches(self, most=64):
+        """(the most sequences a micro-batch may hold in this run's mode with the GPU fitting, the most with it
+        tight); 0 for not one."""
+        largest = {FITS: 0, TIGHT: 0}
+        for micro in range(1, most + 1):
+            setup = dataclasses.replace(self.setup, micro_batch=micro)
+            status = self._status(estimate(self.shape, setup), setup).get("GPU", FITS)
+            if status == OVER:
+                break
+            for verdict in ((FITS, TIGHT) if status == FITS else (TIGHT,)):
+                largest[verdict] = micro
+        return largest[FITS], largest[TIGHT]
 
     def compute_change(self):
         for what, candidate in self._candidates():

@@ -155,6 +155,8 @@ def report(plan) -> str:
         width = max(len(mode.name) for mode, _, _ in rows) + 2
         lines += [f"{'*' if mode.name == s.mode else ' '} {mode.name:<{width}}{verdict}" for mode, _, verdict in rows]
     lines.append(mode_line(plan, "mode: "))
+    if not s.use_cpu and m.gpus:
+        lines.append(f"  micro-batch: {s.micro_batch} in this run; {micro_batch_text(plan)}")
     if plan.changes:
         lines.append(f"  differs from what was asked: {'; '.join(plan.changes)}")
     checks = ", ".join(f"{key} {value}" for key, value in plan.status.items())
@@ -217,3 +219,16 @@ def loading_text(s):
     dtype = "fp32" if s.load_bytes == 4 else "16-bit"
     return f"the {dtype} model on the CPU before " + ("training" if s.use_cpu else "it moves to the GPU") + (
         f", in each of {s.ranks} workers" if s.ranks > 1 else "")
+
+
+def micro_batch_text(plan):
+    """Which micro-batches fit the GPU in the run's mode, in words."""
+    fits, tight = plan.largest_micro_batches()
+    tokens = f"of {plan.setup.block_size} tokens"
+    if not tight:
+        return f"not one sequence {tokens} fits the GPU in this mode"
+    text = f"up to {fits} sequence{'s' * (fits > 1)} {tokens} fit the GPU in this mode" if fits else \
+        f"not one sequence {tokens} fits the GPU in this mode with {round((GPU_MARGIN - 1) * 100)}% to spare"
+    if tight > fits:
+        text += f"; {fits + 1}" + (f"-{tight}" if tight > fits + 1 else "") + " tight"
+    return text

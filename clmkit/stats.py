@@ -27,6 +27,7 @@ class RunStatsCallback(TrainerCallback):
         self.first_step_done = None  # the end of the first step: what a user waits for (compiling included)
         self.step_ends = []
         self.host = host_memory or TreeMemorySampler()  # peak from launch to the end of training
+        self.extra = {}  # figures other callbacks measure (the checkpoints' sizes and times)
 
     def on_step_end(self, args, state, control, **kwargs):
         self.step_ends.append(time.time())
@@ -43,6 +44,7 @@ class RunStatsCallback(TrainerCallback):
             "tokens_per_s": self.tokens_per_step / s_per_step if s_per_step else None,
             "time_to_first_step_s": self.first_step_done - self.launched if self.first_step_done else None,
             "peak_host_rss_gib": self._host_peak() / GiB,
+            **self.extra,
         }
         if torch.cuda.is_available():
             stats["peak_gpu_allocated_gib"] = torch.cuda.max_memory_allocated() / GiB

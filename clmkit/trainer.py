@@ -16,6 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 from accelerate.utils import DistributedDataParallelKwargs
 from transformers import Trainer, TrainerCallback, default_data_collator
 from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.trainer_callback import ExportableState
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
@@ -45,6 +46,7 @@ class ClmTrainer(Trainer):
     before a resume."""
 
     checkpoint_started = None
+    resumed_from = resume_started = None  # the checkpoint train() resumes from, and when train() began
     loss_before_resume = 0.0  # the summed step losses of the run up to the checkpoint it resumed from
     losses_this_call = None  # (summed step losses, micro-batches) of this call of train(), on the device
     scaled_optimizer = None  # the fp16 mode's optimizer, which keeps the loss scale
@@ -99,6 +101,7 @@ class ClmTrainer(Trainer):
     # of the steps of this call alone in some releases and of all in others; this one is the same on every release.
 
     def train(self, resume_from_checkpoint=None, **kwargs):
+        self.resumed_from, self.resume_started = resume_from_checkpoint, time.time()
         saved = saved_record(resume_from_checkpoint, LossSoFar) if resume_from_checkpoint else None
         self.loss_before_resume = saved["loss_sum"] if saved else 0.0
         self.losses_this_call = None
@@ -302,15 +305,33 @@ class LossSoFar(TrainerCallback, ExportableState):
 
 
 class CheckpointTimer(TrainerCallback):
-    """Says how long each checkpoint took to write: the budget a pre-emption notice must fit in."""
+    """Says how long each checkpoint took to write (the budget a pre-emption notice must fit in) and, on a resume,
+    to read, with its size; run_stats.json gets the last of each (figures: the RunStatsCallback's extra)."""
 
-    def __init__(self, trainer):
+    def __init__(self, trainer, figures):
         self.trainer = trainer
+        self.figures = figures
 
     def on_save(self, args, state, control, **kwargs):
         started = self.trainer.checkpoint_started
         if started is not None and state.is_world_process_zero:
-            print(f"checkpoint-{state.global_step} written in {time.time() - started:.1f} s", flush=True)
+            seconds = time.time() - started
+            size = folder_bytes(os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"))
+            self.figures.update(checkpoint_write_s=seconds, checkpoint_gib=size / 2**30)
+            print(f"checkpoint-{state.global_step} written in {seconds:.1f} s ({size / 2**30:.2f} GiB)", flush=True)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        checkpoint, started = self.trainer.resumed_from, self.trainer.resume_started
+        if checkpoint and started is not None and state.is_world_process_zero:
+            # train() loads the weights, then the optimizer state and the schedule, then begins
+            seconds = time.time() - started
+            size = folder_bytes(checkpoint)
+            self.figures.update(checkpoint_read_s=seconds, checkpoint_read_gib=size / 2**30)
+            print(f"{checkpoint} read in {seconds:.1f} s ({size / 2**30:.2f} GiB)", flush=True)
+
+
+def folder_bytes(folder):
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(folder) for name in names)
 
 
 def build_trainer(model, tokenizer, training_args, block_size, train_set, eval_set, host_memory=None):
@@ -350,7 +371,8 @@ def build_trainer(model, tokenizer, training_args, block_size, train_set, eval_s
                    ReleaseSharedMemory()],
     )
     next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, LossSoFar)).trainer = trainer
-    trainer.add_callback(CheckpointTimer(trainer))
+    stats = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, RunStatsCallback))
+    trainer.add_callback(CheckpointTimer(trainer, stats.extra))
     trainer.add_callback(SkippedStepKeepsTheSchedule(trainer))
     hooks = dtypecheck.callbacks() + profiling.callbacks() + testhooks.callbacks(lambda: StopOnSignal.received_any)
     for callback in hooks:

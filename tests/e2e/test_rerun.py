@@ -4,6 +4,7 @@ test_resume.py so that the two run side by side on CI's two workers.)"""
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -147,6 +148,15 @@ def test_weights_in_shards_resume_and_a_replaced_model_leaves_no_file_of_the_old
     assert f"resuming from {out}/checkpoint-{STEPS}" in log
     assert final_state(out)[0] == STEPS + SAVE_EVERY
     assert weight_files(out) == ["model.safetensors"]
+    # what the checkpoints cost, said and in run_stats.json: their size, the time to write one and to read one back
+    last = out / f"checkpoint-{STEPS + SAVE_EVERY}"
+    size = sum(path.stat().st_size for path in last.rglob("*") if path.is_file())
+    assert re.search(rf"checkpoint-{STEPS + SAVE_EVERY} written in \d+\.\d s \({size / 2**30:.2f} GiB\)", log), log
+    assert re.search(rf"{out}/checkpoint-{STEPS} read in \d+\.\d s \(\d+\.\d\d GiB\)", log), log
+    with open(out / "run_stats.json") as f:
+        stats = json.load(f)
+    assert stats["checkpoint_gib"] == pytest.approx(size / 2**30) and stats["checkpoint_write_s"] > 0
+    assert 0 < stats["checkpoint_read_s"] < 60 and stats["checkpoint_read_gib"] > 0
     model = AutoModelForCausalLM.from_pretrained(out)
     saved = load_file(out / f"checkpoint-{STEPS + SAVE_EVERY}" / "model.safetensors")
     for name, value in model.state_dict().items():

@@ -181,9 +181,10 @@ if sys.argv[1] == "save":
     sum(w.sum() for w in weights).backward()
     torch.save(optimizer.state_dict(), sys.argv[2])
 else:
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with open("/proc/self/statm") as f:
+        before = int(f.read().split()[1]) * resource.getpagesize()  # resident now (the peak so far may be higher)
     optimizer.load_state_dict(torch.load(sys.argv[2], weights_only=True))
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
 """
 
 
