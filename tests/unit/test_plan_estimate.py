@@ -306,3 +306,51 @@ def test_the_plan_chooses_the_fastest_mode_that_fits_and_says_why(xl, gptj):
     mode, setup = Plan(gptj, GPTJ_STEPPED, machine(ram_gib=64), "out").choice()
     assert mode.name == "bf16-state-on-host" and setup.state_on_host and setup.in_backward
     assert Plan(gptj, GPTJ_STEPPED, machine(ram_gib=12), "out").choice() is None
+
+
+LLAMA2_7B = dict(model_type="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                 num_attention_heads=32, num_key_value_heads=32, vocab_size=32000)
+MISTRAL_7B = dict(model_type="mistral", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                  num_attention_heads=32, num_key_value_heads=8, vocab_size=32000)
+
+
+@pytest.mark.parametrize("config", [LLAMA2_7B, MISTRAL_7B], ids=["llama-2-7b", "mistral-7b"])
+def test_a_7b_model_needs_host_ram_for_its_state_and_little_more(config):
+    """Pretrained bf16 weights are read straight onto the GPU and written back in shards of 1 GiB, so host RAM
+    holds the 8-bit state (2 bytes a parameter and its scales), the worker, and at most one shard or tensor beside:
+    not a second whole copy of the weights (13.5 GB for Mistral) when loading or saving."""
+    from transformers import CONFIG_MAPPING
+
+    config = dict(config)
+    shape = model_shape(CONFIG_MAPPING[config.pop("model_type")](**config))
+    setup = dataclasses.replace(BF16_MODE, chunk_tokens=chunk_tokens_for(shape.vocab), micro_batch=2, accumulation=1,
+                                in_backward=True, state_on_host=True, cuda=True, pretrained=True,
+                                mode="bf16-state-on-host")
+    needs = estimate(shape, setup)
+    weights = 2 * shape.n_params
+    assert needs.host_optimizer == pytest.approx(weights * (1 + 4 / 256), rel=0.01)
+    assert needs.host_loading == 2 * shape.largest_param < 0.3 * GiB
+    assert needs.host_saving == GiB
+    assert needs.host - needs.host_baseline - needs.host_optimizer == GiB
+    # written as one file, the save would have held every weight on the CPU at once
+    assert needs.host + weights - GiB > 26 * GiB
+
+
+def test_the_plan_says_which_micro_batch_fits_a_mode_stepped_in_the_backward():
+    """A mode stepped in the backward cannot accumulate: where the run's micro-batch does not fit, the plan names
+    the largest that does, and offers it as the change, saying that a step then holds fewer sequences."""
+    from transformers import CONFIG_MAPPING
+
+    config = dict(LLAMA2_7B)
+    shape = model_shape(CONFIG_MAPPING[config.pop("model_type")](**config))
+    setup = dataclasses.replace(BF16_MODE, chunk_tokens=chunk_tokens_for(shape.vocab), micro_batch=4, accumulation=1,
+                                in_backward=True, state_on_host=True, cuda=True, pretrained=True,
+                                mode="bf16-state-on-host")
+    plan = Plan(shape, setup, machine(gpu_gib=16), "out")
+    fits, tight = plan.largest_micro_batches()
+    assert 1 <= fits <= tight < 4
+    one_more = dataclasses.replace(setup, micro_batch=tight + 1)
+    assert estimate(shape, one_more).gpu > 16 * GiB
+    assert estimate(shape, dataclasses.replace(setup, micro_batch=fits)).gpu * 1.1 <= 16 * GiB
+    assert plan.change().startswith(f"--per_device_train_batch_size {fits} ({fits} sequence")
+    assert f"micro-batch: 4 in this run; up to {fits} sequence" in report(plan)
