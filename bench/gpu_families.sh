@@ -5,7 +5,8 @@
 # `--plan` chooses for it, 20 steps; the plan of each is printed first.
 #   OUT=/tmp/out DEADLINE=540 bash bench/gpu_families.sh [qwen] [llama] [llama-gpu-state] [gptj]   (default: these)
 # and the 7B shapes (Llama-2-7B, Mistral-7B): llama7b-mbN, mistral7b-mbN (micro-batch N, the mode --plan chooses),
-# llama7b-killed (a checkpoint at step 8, SIGKILL at step 10, the command again: it resumes and finishes).
+# llama7b-killed, mistral7b-killed (a checkpoint at step 8, SIGKILL at step 10, the command again: it resumes and
+# finishes); drop-FAMILY deletes that family's saved model.
 # STEPS: steps a run (default 20). DEADLINE: seconds from the start after which a run still going is stopped (its
 # figures so far are kept), so that one slow run does not cost the results of those before it.
 set -uo pipefail
@@ -42,10 +43,11 @@ run() {  # name, family, flags...
   grep -h "optimizer state:\|written in\|host RAM peak" $OUT/logs/$name.log
   cat /tmp/$name/run_stats.json /tmp/$name/eval_results.json 2>/dev/null; rm -rf /tmp/$name
 }
-killed_and_rerun() {  # name, family, flags...: a checkpoint at step 8, SIGKILL at the end of step 10, the same command again
+killed_and_rerun() {  # name, family, flags...: a checkpoint at step 8, SIGKILL at the end of step 10, the same command
+  # again, which resumes and finishes at step 15 (one checkpoint on the disk: a 7B one is about 27 GB)
   local name=$1 family=$2; shift 2
   local folder; folder=$(model $family)
-  local cmd=(python run_clm.py --model_name_or_path $folder $COMMON "$@" --max_steps 16 --save_strategy steps
+  local cmd=(python run_clm.py --model_name_or_path $folder $COMMON "$@" --max_steps 15 --save_strategy steps
              --save_steps 8 --output_dir /tmp/$name)
   CLM_TEST_PAUSE=step:10 setsid "${cmd[@]}" > $OUT/logs/$name-killed.log 2>&1 &
   local pid=$!
@@ -67,6 +69,8 @@ for what in ${@:-qwen llama llama-gpu-state gptj}; do
     llama7b-mb*) run $what llama7b --per_device_train_batch_size ${what#llama7b-mb} --gradient_accumulation_steps 1 ;;
     mistral7b-mb*) run $what mistral7b --per_device_train_batch_size ${what#mistral7b-mb} --gradient_accumulation_steps 1 ;;
     llama7b-killed) killed_and_rerun $what llama7b --per_device_train_batch_size 2 --gradient_accumulation_steps 1 ;;
+    mistral7b-killed) killed_and_rerun $what mistral7b --per_device_train_batch_size 1 --gradient_accumulation_steps 1 ;;
+    drop-*) rm -rf /tmp/model-${what#drop-} ;;  # a saved model no later run needs: room on the disk
   esac
 done
 echo "total $(( $(date +%s) - t0 )) s"

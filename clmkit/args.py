@@ -215,7 +215,8 @@ class ClmTrainingArguments(TrainingArguments):
         metadata={"help": "Step each weight in the backward pass as soon as its gradient is complete, and free the "
                           "gradient there: the full set of gradients (2 bytes a parameter in bf16) never exists, room "
                           "for a larger model. One GPU, no --deepspeed, no --fp16; needs "
-                          "--gradient_accumulation_steps 1 and --max_grad_norm 0 (no clipping)."},
+                          "--gradient_accumulation_steps 1. --max_grad_norm clips each gradient by the last step's "
+                          "norm (the first step's is measured by one extra pass)."},
     )
     optimizer_state_on_host: bool = field(
         default=False,

@@ -4,9 +4,15 @@ exists at once. For GPT-2 XL in bf16 that is 2.9 GiB of the card, and for a 3B m
 needs. PyTorch's post-accumulate-grad hooks do the work; the Trainer holds an optimizer whose step has nothing left
 to do and whose learning rate its schedule sets.
 
-What it cannot do, and the checks refuse: clip by the norm of all gradients (it is known only after every
-parameter has stepped), accumulate gradients over micro-batches (each backward would step), or share gradients
-between GPUs (each would step on its own).
+Clipping (--max_grad_norm) cannot wait for the norm of all gradients: it is known only after every weight has
+stepped. Each gradient is clipped instead by the larger of the last step's norm and the norm of the gradients seen
+so far in this backward pass (NormSoFar); the first step of a run (and of a resume) has no last step, so its norm is
+measured by one extra forward and backward pass of its batch that steps nothing. Without clipping, the first steps
+from a random init (whose gradients are far larger than later ones) fill Adam's second moment for hundreds of steps
+and slow the training: 300 steps of a 12-layer GPT-2 XL-wide model ended 7% above the clipped classic recipe.
+
+What it cannot do, and the checks refuse: accumulate gradients over micro-batches (each backward would step), or
+share gradients between GPUs (each would step on its own).
 
 With --optimizer_state_on_host the optimizer state lives in host RAM, pinned (HostState): the GPU holds the weights,
 the activations, the gradients alive at once and the state of the few weights stepping. A 7B model's 8-bit state
@@ -30,11 +36,12 @@ class OptimizerInBackward(torch.optim.Optimizer):
     """What the Trainer sees: one parameter group per Trainer group (weight decay or none), carrying the learning
     rate of the schedule. The updates happen in `_step_one`, in the backward pass."""
 
-    def __init__(self, params, inner_cls, state_on_host=False, **inner_kwargs):
+    def __init__(self, params, inner_cls, state_on_host=False, max_grad_norm=0.0, **inner_kwargs):
         super().__init__(params, defaults={"lr": inner_kwargs.get("lr", 1e-3)})
         self.inner_cls = inner_cls
         self.state_on_host = state_on_host
         self.host = HostState() if state_on_host else None
+        self.clip = NormSoFar(max_grad_norm) if max_grad_norm and max_grad_norm > 0 else None
         self.inner = {}  # parameter -> (its optimizer, the group it belongs to), in the groups' order
         for group in self.param_groups:
             kwargs = dict(inner_kwargs, lr=group["lr"])
@@ -50,6 +57,12 @@ class OptimizerInBackward(torch.optim.Optimizer):
         return self.host.tensors if self.host is not None else {}
 
     def _step_one(self, p):
+        if self.clip is not None:
+            if self.clip.measuring:
+                self.clip.add(p.grad)
+                p.grad = None
+                return
+            self.clip.clip_(p.grad)
         optimizer, group = self.inner[p]
         inner = optimizer.param_groups[0]  # the schedule sets the learning rate of this one's groups
         if isinstance(inner["lr"], torch.Tensor):  # torchao keeps it as a tensor, for its compiled step
@@ -66,6 +79,8 @@ class OptimizerInBackward(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         """Every parameter stepped already, in the backward pass."""
+        if self.clip is not None:
+            self.clip.end_step()
         if self.host is not None:
             self.host.after_step()
         return closure() if closure is not None else None
@@ -77,7 +92,8 @@ class OptimizerInBackward(torch.optim.Optimizer):
         if self.host is not None:
             self.host.settle()  # the host tensors as the last step left them
         return {"in_backward": [optimizer.state_dict() for optimizer, _ in self.inner.values()],
-                "lr": [group["lr"] for group in self.param_groups]}
+                "lr": [group["lr"] for group in self.param_groups],
+                "last_norm_squared": None if self.clip is None or self.clip.last is None else self.clip.last.item()}
 
     def load_state_dict(self, state_dict):
         saved = state_dict["in_backward"]
@@ -92,6 +108,42 @@ class OptimizerInBackward(torch.optim.Optimizer):
                 self.host.take(p, optimizer.state[p])  # one parameter's state on the GPU at a time, then to host
         for group, lr in zip(self.param_groups, state_dict["lr"]):
             group["lr"] = lr
+        last = state_dict.get("last_norm_squared")
+        if self.clip is not None and last is not None:  # a resume clips its first step as the run would have
+            device = next(iter(self.inner)).device
+            self.clip.last = torch.tensor(last, dtype=torch.float32, device=device)
+
+
+class NormSoFar:
+    """Gradient clipping for weights that step as their gradients complete: each gradient is scaled by max_norm over
+    the larger of the last step's norm and the norm of this step's gradients so far (never above 1), where clipping
+    by the whole step's norm would scale all by max_norm over that norm. The sums stay on the GPU: no wait."""
+
+    def __init__(self, max_norm):
+        self.max_norm = max_norm
+        self.so_far = None  # the sum of squares of this step's gradients seen so far (a 0-dim tensor)
+        self.last = None  # the last step's
+        self.measuring = False  # a pass that only measures the norm (the first step's)
+
+    def add(self, grad):
+        squares = torch.linalg.vector_norm(grad, dtype=torch.float32).square()
+        self.so_far = squares if self.so_far is None else self.so_far + squares
+
+    def clip_(self, grad):
+        self.add(grad)
+        known = self.so_far if self.last is None else torch.maximum(self.so_far, self.last)
+        grad.mul_((self.max_norm / (known.sqrt() + 1e-6)).clamp(max=1.0))
+
+    def norm(self):
+        """The norm of this step's gradients, as clipping by it would report it (None before any)."""
+        return None if self.so_far is None else self.so_far.sqrt()
+
+    def end_step(self):
+        if self.so_far is not None:
+            self.last, self.so_far = self.so_far, None
+
+    def needs_measuring(self):
+        return self.last is None
 
 
 def in_flight_bytes():
@@ -286,9 +338,6 @@ def in_backward_problems(training_args):
         problems.append(f"{flag} with --gradient_accumulation_steps {training_args.gradient_accumulation_steps}: "
                         "every backward pass steps the weights, so gradients cannot add up over micro-batches; use "
                         "--gradient_accumulation_steps 1 and a larger --per_device_train_batch_size")
-    if training_args.max_grad_norm and training_args.max_grad_norm > 0:
-        problems.append(f"{flag} with --max_grad_norm {training_args.max_grad_norm:g}: each weight steps before the "
-                        "norm of all gradients is known, so nothing can be clipped; add --max_grad_norm 0")
     if training_args.world_size > 1:
         problems.append(f"{flag} on {training_args.world_size} processes: each would step on its own gradients "
                         "before they are shared; run it on one GPU")

@@ -60,7 +60,7 @@ class ClmTrainer(Trainer):
         if model is not None and fp16_mode(model, args):
             return Fp16AdamW8bit, dict(kwargs, max_grad_norm=args.max_grad_norm)
         if getattr(args, "optimizer_in_backward", False):
-            return OptimizerInBackward, dict(kwargs, inner_cls=optimizer_cls,
+            return OptimizerInBackward, dict(kwargs, inner_cls=optimizer_cls, max_grad_norm=args.max_grad_norm,
                                              state_on_host=getattr(args, "optimizer_state_on_host", False))
         return optimizer_cls, kwargs
 
@@ -79,10 +79,19 @@ class ClmTrainer(Trainer):
 
     def _clip_grad_norm(self, model):
         # The Trainer would clip the scaled fp16 gradients, and sum their norm in fp16, where it overflows; the
-        # optimizer measures it in fp32 with the scale divided out, and clips inside its step.
+        # optimizer measures it in fp32 with the scale divided out, and clips inside its step. Stepped in the
+        # backward, each gradient was clipped and freed already: the norm they had is what is left to report.
+        stepped = self.stepped_in_backward()
+        if stepped is not None:
+            return stepped.clip.norm() if stepped.clip is not None else None
         if self.scaled_optimizer is None:
             return super()._clip_grad_norm(model)
         return self.scaled_optimizer.grad_norm()
+
+    def stepped_in_backward(self):
+        """The optimizer stepping each weight in the backward pass, or None."""
+        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
+        return optimizer if isinstance(optimizer, OptimizerInBackward) else None
 
     def _get_grad_norm(self, model, grad_norm=None):
         if self.scaled_optimizer is None:
@@ -109,6 +118,16 @@ class ClmTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         testhooks.record_batch(self.state.global_step + 1, inputs, self.is_world_process_zero())
+        stepped = self.stepped_in_backward()
+        if stepped is not None and stepped.clip is not None and stepped.clip.needs_measuring():
+            # The first step of a run or resume, with no last step's norm to clip by: one pass of the same batch
+            # that only measures it (every gradient freed as soon as it is measured).
+            stepped.clip.measuring = True
+            try:
+                super().training_step(model, inputs, num_items_in_batch)
+            finally:
+                stepped.clip.measuring = False
+            stepped.clip.end_step()
         loss = super().training_step(model, inputs, num_items_in_batch)
         # What the Trainer adds to its own running loss, summed on the device in float64 (no wait for the GPU). A
         # loss that is not finite counts as the mean so far, as the Trainer's logging_nan_inf_filter does.

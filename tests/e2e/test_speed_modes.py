@@ -156,11 +156,12 @@ def test_a_model_built_from_a_config_starts_from_the_seed(tiny_model, corpus, tm
 
 def test_the_optimizer_stepped_in_the_backward_learns_and_resumes(fp32_losses, tiny_model, corpus, tmp_path):
     """The bf16 mode with --optimizer_in_backward (each weight stepped by its own 8-bit AdamW as soon as its gradient
-    is complete): the same 8 sequences a step as the reference, in one micro-batch, without clipping. Its losses
-    track fp32 AdamW; its checkpoint at step 8, rerun alone, ends where the uninterrupted run does; the saved bf16
-    model reloads and generates."""
+    is complete): the same 8 sequences a step as the reference, in one micro-batch, clipped by the last step's norm.
+    Its losses track fp32 AdamW and it logs the gradients' norm; its checkpoint at step 8, rerun alone, ends where the
+    uninterrupted run does (the checkpoint keeps the norm its next step clips by); the saved bf16 model reloads and
+    generates."""
     flags = ["--dtype", "bfloat16", "--bf16", "--optim", "adamw_torch_8bit", "--optim_args",
-             "bf16_stochastic_round=True", "--chunked_loss", "--optimizer_in_backward", "--max_grad_norm", "0",
+             "bf16_stochastic_round=True", "--chunked_loss", "--optimizer_in_backward", "--max_grad_norm", "0.5",
              "--per_device_train_batch_size", 8, "--gradient_accumulation_steps", 1, "--save_strategy", "steps",
              "--save_steps", 8]
     whole = tmp_path / "whole"
@@ -169,6 +170,9 @@ def test_the_optimizer_stepped_in_the_backward_learns_and_resumes(fp32_losses, t
     losses = logged_losses(whole)
     assert_tracks(losses, fp32_losses)
     assert weight_dtypes(whole) == {"BF16"}
+    with open(whole / "trainer_state.json") as f:
+        norms = [entry["grad_norm"] for entry in json.load(f)["log_history"] if "loss" in entry]
+    assert len(norms) == len(losses) and all(norm > 0 for norm in norms)
 
     import shutil
 

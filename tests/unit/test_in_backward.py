@@ -2,6 +2,7 @@
 
 import copy
 
+import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -207,3 +208,61 @@ def test_loading_a_checkpoint_holds_the_state_on_host_about_once(tmp_path):
     assert loaded.returncode == 0, loaded.stderr[-2000:]
     peak = int(loaded.stdout.split()[-1])
     assert state_bytes * 0.9 < peak < state_bytes * 1.3, peak / state_bytes
+
+
+def test_clipping_in_the_backward_clips_its_first_step_exactly_and_later_ones_by_the_larger_norm():
+    """The first step's norm is measured by a pass that steps nothing, so the first step is clipped as the Trainer
+    would clip it; later steps are clipped by the larger of the last step's norm and the norm so far, and report
+    the norm of their own gradients. Without the clip (a norm never reached) the steps are plain AdamW's."""
+    data = batches(5)
+    exact = tiny_gpt2()
+    reference = torch.optim.AdamW(groups(exact), **HYPER)
+    exact_norms = []
+    for ids in data:
+        exact(input_ids=ids, labels=ids).loss.backward()
+        exact_norms.append(torch.nn.utils.clip_grad_norm_(exact.parameters(), 0.3).item())
+        reference.step()
+        reference.zero_grad()
+        if len(exact_norms) == 1:
+            after_one = [p.detach().clone() for p in exact.parameters()]
+    assert min(exact_norms) > 0.3  # every step clipped
+
+    model = tiny_gpt2()
+    optimizer = OptimizerInBackward(groups(model), torch.optim.AdamW, max_grad_norm=0.3, **HYPER)
+    norms, lasts = [], []
+    for step, ids in enumerate(data):
+        if optimizer.clip.needs_measuring():
+            optimizer.clip.measuring = True
+            model(input_ids=ids, labels=ids).loss.backward()
+            optimizer.clip.measuring = False
+            optimizer.clip.end_step()
+        lasts.append(optimizer.clip.last.item())
+        model(input_ids=ids, labels=ids).loss.backward()
+        norms.append(optimizer.clip.norm().item())
+        optimizer.step()
+        if step == 0:
+            for p, q in zip(model.parameters(), after_one):
+                torch.testing.assert_close(p, q)
+    assert norms[0] == pytest.approx(exact_norms[0], rel=1e-5) and lasts[0] == pytest.approx(norms[0] ** 2, rel=1e-5)
+    assert lasts[1:] == pytest.approx([n ** 2 for n in norms[:-1]], rel=1e-6)  # each step clips by the last's
+    assert norms == pytest.approx(exact_norms, rel=0.2)
+    for p, q in zip(model.parameters(), exact.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0.02)
+
+    unclipped, plain = tiny_gpt2(), tiny_gpt2()
+    train(unclipped, OptimizerInBackward(groups(unclipped), torch.optim.AdamW, max_grad_norm=1e9, **HYPER), data,
+          in_backward=False)
+    train(plain, torch.optim.AdamW(groups(plain), **HYPER), data, in_backward=False)
+    for p, q in zip(unclipped.parameters(), plain.parameters()):
+        torch.testing.assert_close(p, q)
+
+
+def test_a_resumed_optimizer_clips_its_first_step_by_the_norm_the_checkpoint_kept():
+    model = tiny_gpt2()
+    optimizer = OptimizerInBackward(groups(model), torch.optim.AdamW, max_grad_norm=0.3, **HYPER)
+    optimizer.clip.last = torch.tensor(4.0)
+    saved = copy.deepcopy(optimizer.state_dict())
+    resumed = OptimizerInBackward(groups(tiny_gpt2()), torch.optim.AdamW, max_grad_norm=0.3, **HYPER)
+    assert resumed.clip.needs_measuring()
+    resumed.load_state_dict(saved)
+    assert not resumed.clip.needs_measuring() and resumed.clip.last.item() == 4.0

@@ -55,24 +55,25 @@ def test_the_flags_of_earlier_releases_spell_their_mode(flags, mode):
 
 def test_on_a_16_gib_bf16_card_auto_steps_in_the_backward_at_the_users_batch(tmp_path, on):
     """GPT-2 XL, 8 x 2 asked: the fastest measured mode that fits is the bf16 mode stepped in the backward, as one
-    micro-batch of the same 16 sequences; the split, the missing clipping and the 8-bit state are named."""
+    micro-batch of the same 16 sequences; the split, the way it clips and the 8-bit state are named."""
     on("16gb-bf16")
     plan = settle(tmp_path, *BATCH)
     assert plan.setup.mode == "bf16-in-backward" and plan.verdict == "fits"
     assert (plan.setup.micro_batch, plan.setup.accumulation) == (16, 1)
     assert plan.flags["per_device_train_batch_size"] == 16 and plan.flags["gradient_accumulation_steps"] == 1
-    assert plan.flags["max_grad_norm"] == 0 and plan.flags["dtype"] == "bfloat16" and plan.flags["chunked_loss"]
+    assert "max_grad_norm" not in plan.flags and plan.flags["dtype"] == "bfloat16" and plan.flags["chunked_loss"]
     assert plan.how.startswith("auto: the fastest mode that fits a 16.0 GiB GPU with bf16")
     said = "; ".join(plan.changes)
     assert "16 x 1 accumulation per GPU instead of 8 x 2 (the same 16 sequences a step)" in said
-    assert "no gradient clipping" in said and "8 bits" in said
+    assert "gradients clipped by the last step's norm" in said and "8 bits" in said
 
 
-def test_a_clipping_norm_the_user_gave_keeps_auto_off_the_modes_that_cannot_clip(tmp_path, on):
+def test_a_clipping_norm_the_user_gave_is_kept_by_the_mode_stepped_in_the_backward(tmp_path, on):
     on("16gb-bf16")
-    plan = settle(tmp_path, *BATCH, "--max_grad_norm", "1.0")
-    assert plan.setup.mode == "bf16" and (plan.setup.micro_batch, plan.setup.accumulation) == (8, 2)
-    assert "max_grad_norm" not in plan.flags
+    for norm in ("1.0", "0.5"):
+        plan = settle(tmp_path, *BATCH, "--max_grad_norm", norm)
+        assert plan.setup.mode == "bf16-in-backward" and plan.problems == []
+        assert "max_grad_norm" not in plan.flags
 
 
 def test_on_a_t4_notebook_auto_takes_the_fp16_mode_with_or_without_fp16(tmp_path, on):
@@ -103,7 +104,7 @@ def test_without_a_gpu_auto_trains_as_the_cpu_does(tmp_path, on):
 def test_a_flag_that_contradicts_the_mode_asked_for_is_one_line(tmp_path, on):
     on("16gb-bf16")
     plan = settle(tmp_path, "--mode", "bf16-in-backward", "--max_grad_norm", "1.0", "--optim", "adamw_torch")
-    assert len(plan.problems) == 2
+    assert len(plan.problems) == 1
     assert plan.problems[0].startswith("--mode bf16-in-backward (--mode) sets --optim adamw_torch_8bit but "
                                        "--optim adamw_torch was given")
 
