@@ -6,7 +6,7 @@
 #   OUT=/tmp/out DEADLINE=540 bash bench/gpu_families.sh [qwen] [llama] [llama-gpu-state] [gptj]   (default: these)
 # and the 7B shapes (Llama-2-7B, Mistral-7B): llama7b-mbN, mistral7b-mbN (micro-batch N, the mode --plan chooses),
 # llama7b-killed, mistral7b-killed (a checkpoint at step 8, SIGKILL at step 10, the command again: it resumes and
-# finishes); drop-FAMILY deletes that family's saved model.
+# finishes); drop-FAMILY deletes that family's saved model. EXTRA: more flags for the llama7b-mbN runs.
 # STEPS: steps a run (default 20). DEADLINE: seconds from the start after which a run still going is stopped (its
 # figures so far are kept), so that one slow run does not cost the results of those before it.
 set -uo pipefail
@@ -66,7 +66,7 @@ for what in ${@:-qwen llama llama-gpu-state gptj}; do
     llama-gpu-state) run llama-gpu-state llama $BF16 --torch_compile $STEPPED --per_device_train_batch_size 2 ;;
     gptj) run gptj gptj $BF16 $STEPPED --optimizer_state_on_host --per_device_train_batch_size 2 ;;
     # 7B models in the mode the plan chooses (no mode flags), one micro-batch a step
-    llama7b-mb*) run $what llama7b --per_device_train_batch_size ${what#llama7b-mb} --gradient_accumulation_steps 1 ;;
+    llama7b-mb*) run $what llama7b --per_device_train_batch_size ${what#llama7b-mb} --gradient_accumulation_steps 1 ${EXTRA:-} ;;
     mistral7b-mb*) run $what mistral7b --per_device_train_batch_size ${what#mistral7b-mb} --gradient_accumulation_steps 1 ;;
     llama7b-killed) killed_and_rerun $what llama7b --per_device_train_batch_size 2 --gradient_accumulation_steps 1 ;;
     mistral7b-killed) killed_and_rerun $what mistral7b --per_device_train_batch_size 1 --gradient_accumulation_steps 1 ;;
