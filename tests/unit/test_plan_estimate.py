@@ -283,17 +283,21 @@ def test_the_plan_against_measured_gpu_peaks(family, changes, measured_gib):
     assert estimate(shape, setup).gpu / GiB == pytest.approx(measured_gib, rel=0.15)
 
 
-def test_the_plan_host_ram_against_a_peak_measured_through_the_final_save():
+def test_the_plan_host_ram_against_a_peak_measured_while_training():
     """Llama-3.2-3B's shapes with the state on the host, loaded from a saved bf16 model on an H200 (docs/gpu-runs.md):
-    the host peak through the final save was 17.52 GiB (run_stats.json's peak_host_rss_through_save_gib; 11.54
-    while training). The plan counts the CUDA worker, the pinned 8-bit state and the save's CPU copy of the weights."""
+    the host peak while training was 11.54 GiB (run_stats.json's peak_host_rss_gib). The plan counts the CUDA worker
+    and the pinned 8-bit state, and on top the final save's copy of one 1 GiB shard. (Through the final save, written
+    then as one file, that run peaked at 17.52 GiB; the sharded save's peak is a prediction, 11.1 GiB, not yet
+    measured.)"""
     from transformers import CONFIG_MAPPING
 
     config = dict(LLAMA)
     shape = model_shape(CONFIG_MAPPING[config.pop("model_type")](**config))
     setup = dataclasses.replace(BF16_MODE, chunk_tokens=chunk_tokens_for(shape.vocab), micro_batch=8, accumulation=1,
                                 in_backward=True, state_on_host=True, cuda=True, pretrained=True)
-    assert estimate(shape, setup).host / GiB == pytest.approx(17.52, rel=0.15)
+    needs = estimate(shape, setup)
+    assert (needs.host - needs.host_saving) / GiB == pytest.approx(11.54, rel=0.15)
+    assert needs.host_saving == GiB
 
 
 def test_the_plan_chooses_the_fastest_mode_that_fits_and_says_why(xl, gptj):
