@@ -126,7 +126,8 @@ def report(plan) -> str:
         row("pinned buffers" if s.pin_memory and not s.use_cpu else "offload buffers", gib(n.host_pinned),
             ", ".join(f"{k} {gib(v)}" for k, v in n.pinned_parts.items() if v) or "none"),
         row("loading", gib(n.host_loading), loading_text(plan.setup)),
-        row("saving", gib(n.host_saving), "the weights copied to the CPU to write model.safetensors"
+        row("saving", gib(n.host_saving), ("the weights copied to the CPU to write model.safetensors" if s.deepspeed
+                                           else "one shard of the weights at a time, copied to the CPU to write it")
             if n.host_saving else "written from where they are"),
         row("baseline", gib(n.host_baseline), f"Python, torch and libraries in {s.ranks} worker(s)"
             + (" with CUDA" if s.cuda and not s.use_cpu else "") + (" + the launcher" if s.launcher else "")),

@@ -2,8 +2,8 @@
 step (loading, and compiling where a step compiles, included).
 
 Written to output_dir/run_stats.json by rank 0 at the end of training; the benchmark and docs/gpu-runs.md read it.
-Once the final model is written, the host peak through that save is added: writing model.safetensors copies every
-weight to the CPU, and --plan's host RAM figure covers it.
+Once the final model is written, the host peak through that save is added: writing the weights copies them to the
+CPU (a shard at a time without DeepSpeed, clmkit/saving.py), and --plan's host RAM figure covers it.
 """
 
 import json
