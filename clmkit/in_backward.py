@@ -39,7 +39,6 @@ class OptimizerInBackward(torch.optim.Optimizer):
     def __init__(self, params, inner_cls, state_on_host=False, max_grad_norm=0.0, **inner_kwargs):
         super().__init__(params, defaults={"lr": inner_kwargs.get("lr", 1e-3)})
         self.inner_cls = inner_cls
-        self.state_on_host = state_on_host
         self.host = HostState() if state_on_host else None
         self.clip = NormSoFar(max_grad_norm) if max_grad_norm and max_grad_norm > 0 else None
         self.inner = {}  # parameter -> (its optimizer, the group it belongs to), in the groups' order
@@ -183,7 +182,7 @@ class HostState:
             for key in host:
                 state[key] = _copy(host[key], p.device)
             return
-        self._wait_for_room(sum(_nbytes(value) for value in host.values()))
+        self._wait_for_room(_state_bytes(host))
         compute = torch.cuda.current_stream(p.device)
         with torch.cuda.stream(self.upload):
             if p in self.stored:
@@ -204,7 +203,7 @@ class HostState:
         if host is None:
             self.take(p, state)
             return
-        size = sum(_nbytes(value) for value in host.values())
+        size = _state_bytes(host)
         if size <= self.room:
             self.room -= size
             self.on_gpu.add(p)
@@ -252,7 +251,7 @@ class HostState:
         fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda device: 1.0)(device)
         limit = min(torch.cuda.memory_reserved(device) + free, fraction * total)  # CLM_GPU_MEMORY_GIB's cap too
         self.room = max(0, int(limit - torch.cuda.max_memory_reserved(device) - self.HEADROOM))
-        state = sum(_nbytes(value) for host in self.tensors.values() for value in host.values())
+        state = sum(_state_bytes(host) for host in self.tensors.values())
         if state:
             print(f"optimizer state: {min(self.room, state) / 2**30:.2f} of its {state / 2**30:.2f} GiB stays on the "
                   f"GPU from step 2 (the room under the GPU's limit after step 1, less "
@@ -281,8 +280,9 @@ def _leaves(value):
     return [value]
 
 
-def _nbytes(value):
-    return sum(leaf.numel() * leaf.element_size() for leaf in _leaves(value))
+def _state_bytes(state):
+    """Bytes of a weight's state ({key: tensor or torchao's 8-bit state}), on whichever device it is."""
+    return sum(leaf.numel() * leaf.element_size() for value in state.values() for leaf in _leaves(value))
 
 
 def _copy_into(out, value):

@@ -353,6 +353,11 @@ def folder_bytes(folder):
     return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(folder) for name in names)
 
 
+def callback_of(trainer, cls):
+    """The trainer's callback of class cls (build_trainer adds one of each)."""
+    return next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, cls))
+
+
 def build_trainer(model, tokenizer, training_args, block_size, train_set, eval_set, host_memory=None):
     """The Trainer with every callback a run gets (and the test hooks, when asked for). host_memory: the sampler
     started when the command did, so that run_stats.json's host peak covers loading the data and the model."""
@@ -389,8 +394,8 @@ def build_trainer(model, tokenizer, training_args, block_size, train_set, eval_s
                             training_args.gradient_accumulation_steps), RunFlags(training_args), LossSoFar(),
                    ReleaseSharedMemory()],
     )
-    next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, LossSoFar)).trainer = trainer
-    stats = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, RunStatsCallback))
+    callback_of(trainer, LossSoFar).trainer = trainer
+    stats = callback_of(trainer, RunStatsCallback)
     trainer.add_callback(CheckpointTimer(trainer, stats.extra))
     trainer.add_callback(SkippedStepKeepsTheSchedule(trainer))
     hooks = dtypecheck.callbacks() + profiling.callbacks() + testhooks.callbacks(lambda: StopOnSignal.received_any)
@@ -402,20 +407,20 @@ def build_trainer(model, tokenizer, training_args, block_size, train_set, eval_s
 
 def stop_signal(trainer):
     """The signal that stopped training (SIGTERM or SIGINT, on any rank), or None."""
-    stop = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, StopOnSignal))
+    stop = callback_of(trainer, StopOnSignal)
     return stop.received
 
 
 def report_run_stats(trainer):
     """run_stats.json's figures on one line, once training has returned and its progress bar has ended its line."""
-    stats = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, RunStatsCallback))
+    stats = callback_of(trainer, RunStatsCallback)
     if stats.line:
         print(stats.line, flush=True)
 
 
 def add_host_peak_through_save(trainer):
     """run_stats.json gains the host peak through the final save (called once the final model is written)."""
-    stats = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, RunStatsCallback))
+    stats = callback_of(trainer, RunStatsCallback)
     stats.add_peak_through_save(trainer.is_world_process_zero())
 
 
