@@ -200,7 +200,7 @@ class HostState:
         if p in self.on_gpu:
             return
         host = self.tensors.get(p)
-        if host is None:
+        if not host:
             self.take(p, state)
             return
         size = _state_bytes(host)
@@ -229,10 +229,12 @@ class HostState:
         """Copy p's state into its host tensors (made the first time) and put those in the optimizer's state. Only
         the state shaped like the weight moves (Adam's m and v); the step count, a 0-dim tensor that torch and
         torchao keep on the CPU for the host to read, stays where it is."""
+        moving = [key for key, value in state.items() if torch.is_tensor(value) and value.shape == p.shape]
+        if not moving:  # no state yet (an optimizer loaded before its first step, as Accelerate's prepare does)
+            return
         host = self.tensors.setdefault(p, {})
-        for key, value in state.items():
-            if not torch.is_tensor(value) or value.shape != p.shape:
-                continue
+        for key in moving:
+            value = state[key]
             if key in host:
                 host[key].copy_(value)  # torchao's 8-bit state copies its codes and scales
             else:

@@ -146,6 +146,25 @@ def test_between_steps_the_state_is_in_its_host_tensors_and_each_step_works_on_a
     assert stepped_on and not stepped_on & set(host.values())
 
 
+def test_an_optimizer_prepared_by_accelerate_still_keeps_its_state_on_host():
+    """Accelerate's prepare (the Trainer's) loads the optimizer's own state dict into it before the first step, when
+    no weight has a state yet. Every weight's state still goes to its host tensors at its first step and stays
+    there; none is taken for state with room to stay on the GPU (which is how a 7B run filled a 16 GiB card)."""
+    from accelerate import Accelerator
+
+    model = tiny_gpt2()
+    optimizer = OptimizerInBackward(groups(model), torch.optim.AdamW, state_on_host=True, **HYPER)
+    prepared = Accelerator(cpu=True).prepare_optimizer(optimizer)
+    for ids in batches(2):
+        model(input_ids=ids, labels=ids).loss.backward()
+        prepared.step()
+    assert not optimizer.host.on_gpu
+    for p in model.parameters():
+        host = optimizer.host_state[p]
+        assert set(host) == {"exp_avg", "exp_avg_sq"}
+        assert all(optimizer.inner[p][0].state[p][key] is host[key] for key in host)
+
+
 def test_a_resumed_optimizer_with_the_state_on_host_goes_on_as_the_uninterrupted_one():
     """torch loads a state onto its weight's device; with the state on host it goes back into host tensors, which
     hold the checkpoint's values, not the checkpoint's tensors themselves."""
