@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""Where a run's GPU memory is when it runs out: run_clm.py, and on a CUDA out-of-memory error the CUDA tensors
-Python can still reach (the traceback keeps the frames alive), summed by kind (weight, gradient, other), type, shape
-and dtype, largest first; what no Python object holds (autograd's saved activations, the allocator's workspaces)
-is the rest of the allocated total. Into the log and $OUT/memory_at_oom.txt.
+"""Where a run's GPU memory is when it runs out: run_clm.py, and on a CUDA out-of-memory error the CUDA tensors that
+have a Python object (the traceback keeps the frames alive), summed by kind (weight, gradient, other), type, shape and
+dtype, largest first; tensors that never had one (most of autograd's saved activations, the allocator's workspaces)
+are the rest of the allocated total. Into the log and $OUT/memory_at_oom.txt.
     OUT=/tmp/out python bench/memory_at_oom.py run_clm.py FLAGS...
 """
 
@@ -16,14 +16,9 @@ import sys
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 import torch  # noqa: E402
-from torch.utils._python_dispatch import is_traceable_wrapper_subclass  # noqa: E402
 
-
-def leaves(t):
-    if is_traceable_wrapper_subclass(t):
-        names, _ = t.__tensor_flatten__()
-        return [leaf for name in names for leaf in leaves(getattr(t, name))]
-    return [t]
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from clmkit.in_backward import tensor_leaves  # noqa: E402
 
 
 def census():
@@ -38,7 +33,7 @@ def census():
     grads = {id(o.grad) for o in objects if isinstance(o, torch.nn.Parameter) and o.grad is not None}
     seen, groups = set(), collections.defaultdict(lambda: [0, 0])
     for o in objects:
-        for leaf in leaves(o):
+        for leaf in tensor_leaves(o):
             if leaf.device.type != "cuda":
                 continue
             try:
@@ -54,8 +49,8 @@ def census():
             groups[key][0] += storage.nbytes()
             groups[key][1] += 1
     total = sum(size for size, _ in groups.values())
-    lines = [f"allocated {torch.cuda.memory_allocated() / 2**30:.2f} GiB (peak {torch.cuda.max_memory_allocated() / 2**30:.2f}),"
-             f" of which Python reaches {total / 2**30:.2f} GiB:"]
+    allocated, peak = torch.cuda.memory_allocated() / 2**30, torch.cuda.max_memory_allocated() / 2**30
+    lines = [f"allocated {allocated:.2f} GiB (peak {peak:.2f}), of which Python reaches {total / 2**30:.2f} GiB:"]
     by_kind = collections.Counter()
     for (kind, *_), (size, _) in groups.items():
         by_kind[kind] += size

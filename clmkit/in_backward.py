@@ -189,7 +189,7 @@ class HostState:
                 self.upload.wait_event(self.stored[p])  # the last step's copy to host has landed
             for key in host:
                 state[key] = _copy(host[key], p.device)
-                for leaf in _leaves(state[key]):
+                for leaf in tensor_leaves(state[key]):
                     leaf.record_stream(compute)  # made on the upload stream, used and freed on the others
                     leaf.record_stream(self.download)
         compute.wait_stream(self.upload)
@@ -274,22 +274,22 @@ class HostState:
             self.in_flight_bytes -= done
 
 
-def _leaves(value):
+def tensor_leaves(value):
     """The plain tensors of a tensor or of a tensor subclass such as torchao's 8-bit state."""
     if is_traceable_wrapper_subclass(value):
         names, _ = value.__tensor_flatten__()
-        return [leaf for name in names for leaf in _leaves(getattr(value, name))]
+        return [leaf for name in names for leaf in tensor_leaves(getattr(value, name))]
     return [value]
 
 
 def _state_bytes(state):
     """Bytes of a weight's state ({key: tensor or torchao's 8-bit state}), on whichever device it is."""
-    return sum(leaf.numel() * leaf.element_size() for value in state.values() for leaf in _leaves(value))
+    return sum(leaf.numel() * leaf.element_size() for value in state.values() for leaf in tensor_leaves(value))
 
 
 def _copy_into(out, value):
     """out (a host tensor, or torchao's 8-bit state in host tensors) takes value's data, not waiting for the GPU."""
-    for target, source in zip(_leaves(out), _leaves(value)):
+    for target, source in zip(tensor_leaves(out), tensor_leaves(value)):
         target.copy_(source, non_blocking=True)
 
 
