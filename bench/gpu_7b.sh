@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
-# One GPU call for the 7B shapes (bench/gpu_families.sh): Llama-2-7B at micro-batch 2, 20 steps timed through its
-# final save; then Mistral-7B at micro-batch 1 with a checkpoint at step 8, killed with SIGKILL at step 10 and
-# rerun. PARITY (row names of bench/rows.py) runs the 300-step parity at 12 layers beside Mistral's killed run,
-# whose steps are not timed.   OUT=/tmp/out PARITY=mode-bf16-in-backward bash bench/gpu_7b.sh
+# The 7B shapes inside a 600 s GPU call (bench/gpu_families.sh), default: Llama-2-7B at micro-batch 2, 20 steps timed
+# through its final save, then killed at step 10 after a checkpoint at step 8 and rerun (the drawn model is reused).
+# Another call: `bash bench/gpu_7b.sh mistral7b-mb1`. PARITY (row names of bench/rows.py) runs the 300-step parity at
+# 12 layers beside the rows.   OUT=/tmp/out PARITY=mode-bf16-in-backward bash bench/gpu_7b.sh [rows of gpu_families.sh]
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT"
 t0=$(date +%s)
 budget=${DEADLINE:-570}
 left() { local s=$(( budget - ($(date +%s) - t0) )); echo $(( s > 1 ? s : 1 )); }
-DEADLINE=$(left) bash bench/gpu_families.sh llama7b-mb2 drop-llama7b
+df -h /tmp | tail -1
 if [ -n "${PARITY:-}" ]; then
   timeout $(left) python bench/parity.py --configs "$PARITY" --steps 300 --n_layer 12 \
     --classic_from docs/parity-fp16.json --out_prefix "$OUT/parity" --work_dir /tmp/clm-parity \
     > "$OUT/parity.log" 2>&1 &
   parity=$!
 fi
-DEADLINE=$(left) bash bench/gpu_families.sh mistral7b-killed
+DEADLINE=$(left) bash bench/gpu_families.sh ${@:-llama7b-mb2 llama7b-killed}
 if [ -n "${PARITY:-}" ]; then
   wait $parity; echo "parity rc=$? $(( $(date +%s) - t0 )) s"; cat "$OUT/parity.md" 2>/dev/null
 fi

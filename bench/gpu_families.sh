@@ -43,8 +43,9 @@ run() {  # name, family, flags...
   grep -h "optimizer state:\|written in\|host RAM peak" $OUT/logs/$name.log
   cat /tmp/$name/run_stats.json /tmp/$name/eval_results.json 2>/dev/null; rm -rf /tmp/$name
 }
-killed_and_rerun() {  # name, family, flags...: a checkpoint at step 8, SIGKILL at the end of step 10, the same command
-  # again, which resumes and finishes at step 15 (one checkpoint on the disk: a 7B one is about 27 GB)
+killed_and_rerun() {  # name, family, flags...: a checkpoint at step 8, SIGKILL at the end of step 10, the command
+  # again, which resumes and finishes at step 15. The rerun adds --save_strategy no: a 7B checkpoint (bf16 weights and
+  # 8-bit state) is about 27 GB, and the model, two checkpoints and the final weights would not fit the 64 GiB disk
   local name=$1 family=$2; shift 2
   local folder; folder=$(model $family)
   local cmd=(python run_clm.py --model_name_or_path $folder $COMMON "$@" --max_steps 15 --save_strategy steps
@@ -55,7 +56,7 @@ killed_and_rerun() {  # name, family, flags...: a checkpoint at step 8, SIGKILL 
   kill -9 -- -$pid 2>/dev/null; wait $pid 2>/dev/null
   echo "$name killed at step 10 $(( $(date +%s) - t0 )) s: $(du -sh /tmp/$name/checkpoint-8 | cut -f1) checkpoint-8"
   grep -h "written in\|optimizer state:" $OUT/logs/$name-killed.log
-  timeout -k 30 $(left) "${cmd[@]}" > $OUT/logs/$name.log 2>&1
+  timeout -k 30 $(left) "${cmd[@]}" --save_strategy no > $OUT/logs/$name.log 2>&1
   echo "$name rerun rc=$? $(( $(date +%s) - t0 )) s"; grep -h "resuming from\|read in\|written in\|host RAM peak" $OUT/logs/$name.log
   cat /tmp/$name/run_stats.json /tmp/$name/eval_results.json 2>/dev/null; rm -rf /tmp/$name
 }

@@ -31,9 +31,11 @@ from .saving import host_copy_bytes
 WORKER_BASELINE = int(0.52 * GiB)
 # The deepspeed launcher: its runner (`deepspeed ...`) and the launch.py it starts, 0.24 GiB each.
 LAUNCHER_BASELINE = int(0.48 * GiB)
-# What a CUDA worker adds: the CUDA build of torch, the CUDA context, cuBLAS and NCCL (fitted to a GPU run's host
-# peak; a bare CUDA tensor already makes a process about 2 GB resident).
-CUDA_BASELINE = int(3.5 * GiB)
+# What a CUDA worker adds: the CUDA build of torch, the CUDA context, cuBLAS and NCCL. Fitted to host peaks of GPU
+# runs (docs/plan-calibration.md): the classic recipe's and the 7B runs' with the state on the host, whose peaks
+# beyond their state and one saved shard were 1.8-2.9 GiB; a bare CUDA tensor already makes a process about 2 GB
+# resident.
+CUDA_BASELINE = int(3.0 * GiB)
 # The peak allocated is what the estimate gives; PyTorch's caching allocator needs some room on top (fragmentation).
 GPU_MARGIN = 1.1
 # Host estimates within 10% over the available RAM are "tight" (the run goes ahead); beyond that the run stops.

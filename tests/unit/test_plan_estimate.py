@@ -254,6 +254,10 @@ LLAMA = dict(model_type="llama", hidden_size=3072, intermediate_size=8192, num_h
              num_attention_heads=24, num_key_value_heads=8, head_dim=128, vocab_size=128256, tie_word_embeddings=True)
 GPTJ = dict(model_type="gptj", n_embd=4096, n_layer=28, n_head=16, vocab_size=50400, rotary_dim=64)
 XL = dict(model_type="gpt2", n_embd=1600, n_layer=48, n_head=25)
+LLAMA2_7B = dict(model_type="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                 num_attention_heads=32, num_key_value_heads=32, vocab_size=32000)
+MISTRAL_7B = dict(model_type="mistral", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                  num_attention_heads=32, num_key_value_heads=8, vocab_size=32000)
 # Peak GPU memory allocated, measured on an H200 with random weights, block 1024 (docs/gpu-runs.md): the bf16 mode
 # (B) and the same stepped in the backward (IB), its state on the GPU or the host. The two GPT-J runs at micro-batch
 # 1 ran the forward, the chunked loss and the backward without the Trainer; the others are run_clm.py runs.
@@ -266,13 +270,20 @@ MEASURED_PEAKS = [
     ("gpt-j-6b IB host 2", GPTJ, dict(micro_batch=2, accumulation=1, in_backward=True, state_on_host=True), 14.25),
     ("gpt-j-6b IB host 1", GPTJ, dict(micro_batch=1, accumulation=1, in_backward=True, state_on_host=True), 13.92),
     ("gpt-j-6b IB 1", GPTJ, dict(micro_batch=1, accumulation=1, in_backward=True), 24.98),
+    # on an H100, 2026-12-07: run_clm.py in the mode the plan chose, the state on the host
+    ("llama-2-7b IB host 2", LLAMA2_7B, dict(micro_batch=2, accumulation=1, in_backward=True, state_on_host=True),
+     14.74),
+    ("mistral-7b IB host 1", MISTRAL_7B, dict(micro_batch=1, accumulation=1, in_backward=True, state_on_host=True),
+     15.35),
+    ("mistral-7b IB host 2", MISTRAL_7B, dict(micro_batch=2, accumulation=1, in_backward=True, state_on_host=True),
+     15.64),
 ]
 
 
 @pytest.mark.parametrize("family, changes, measured_gib", [row[1:] for row in MEASURED_PEAKS],
                          ids=[row[0] for row in MEASURED_PEAKS])
 def test_the_plan_against_measured_gpu_peaks(family, changes, measured_gib):
-    """The bf16 mode's plan within 15% of each peak measured across four families (the issue's bar). Its two fitted
+    """The bf16 mode's plan within 15% of each peak measured across six families (the issue's bar). Its two fitted
     terms (a step's working memory, the layer inputs kept under autocast) were fitted to these same runs: this holds
     them, and every other term, to what was measured."""
     from transformers import CONFIG_MAPPING
@@ -283,21 +294,29 @@ def test_the_plan_against_measured_gpu_peaks(family, changes, measured_gib):
     assert estimate(shape, setup).gpu / GiB == pytest.approx(measured_gib, rel=0.15)
 
 
-def test_the_plan_host_ram_against_a_peak_measured_while_training():
-    """Llama-3.2-3B's shapes with the state on the host, loaded from a saved bf16 model on an H200 (docs/gpu-runs.md):
-    the host peak while training was 11.54 GiB (run_stats.json's peak_host_rss_gib). The plan counts the CUDA worker
-    and the pinned 8-bit state, and on top the final save's copy of one 1 GiB shard. (Through the final save, written
-    then as one file, that run peaked at 17.52 GiB; the sharded save's peak is a prediction, 11.1 GiB, not yet
-    measured.)"""
+# Host RAM peaks through the final save (run_stats.json's peak_host_rss_through_save_gib), measured on an H100
+# capped at 16 GiB in the mode the plan chose, the state on the host (docs/gpu-runs.md, 2026-12-07, fifth session).
+MEASURED_HOST_PEAKS = [
+    ("llama-2-7b host 2", LLAMA2_7B, 2, 16.68),
+    ("llama-2-7b host 2, killed and resumed", LLAMA2_7B, 2, 16.51),
+    ("mistral-7b host 1", MISTRAL_7B, 1, 16.66),
+]
+
+
+@pytest.mark.parametrize("family, micro_batch, measured_gib", [row[1:] for row in MEASURED_HOST_PEAKS],
+                         ids=[row[0] for row in MEASURED_HOST_PEAKS])
+def test_the_plan_host_ram_against_peaks_measured_through_the_final_save(family, micro_batch, measured_gib):
+    """The plan's host figure within 10% of what the 7B runs measured from launch through the final save (the
+    issue's bar); the plan may say more, never less than 5% under."""
     from transformers import CONFIG_MAPPING
 
-    config = dict(LLAMA)
+    config = dict(family)
     shape = model_shape(CONFIG_MAPPING[config.pop("model_type")](**config))
-    setup = dataclasses.replace(BF16_MODE, chunk_tokens=chunk_tokens_for(shape.vocab), micro_batch=8, accumulation=1,
-                                in_backward=True, state_on_host=True, cuda=True, pretrained=True)
-    needs = estimate(shape, setup)
-    assert (needs.host - needs.host_saving) / GiB == pytest.approx(11.54, rel=0.15)
-    assert needs.host_saving == GiB
+    setup = dataclasses.replace(BF16_MODE, chunk_tokens=chunk_tokens_for(shape.vocab), micro_batch=micro_batch,
+                                accumulation=1, in_backward=True, state_on_host=True, cuda=True, pretrained=True,
+                                mode="bf16-state-on-host")
+    planned = estimate(shape, setup).host / GiB
+    assert measured_gib * 0.95 <= planned <= measured_gib * 1.10
 
 
 def test_the_plan_chooses_the_fastest_mode_that_fits_and_says_why(xl, gptj):
@@ -310,12 +329,6 @@ def test_the_plan_chooses_the_fastest_mode_that_fits_and_says_why(xl, gptj):
     mode, setup = Plan(gptj, GPTJ_STEPPED, machine(ram_gib=64), "out").choice()
     assert mode.name == "bf16-state-on-host" and setup.state_on_host and setup.in_backward
     assert Plan(gptj, GPTJ_STEPPED, machine(ram_gib=12), "out").choice() is None
-
-
-LLAMA2_7B = dict(model_type="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                 num_attention_heads=32, num_key_value_heads=32, vocab_size=32000)
-MISTRAL_7B = dict(model_type="mistral", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                  num_attention_heads=32, num_key_value_heads=8, vocab_size=32000)
 
 
 @pytest.mark.parametrize("config", [LLAMA2_7B, MISTRAL_7B], ids=["llama-2-7b", "mistral-7b"])
