@@ -51,6 +51,14 @@ class ClmTrainer(Trainer):
     losses_this_call = None  # (summed step losses, micro-batches) of this call of train(), on the device
     scaled_optimizer = None  # the fp16 mode's optimizer, which keeps the loss scale
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # --logging_nan_inf_filter is applied on the device, in training_step. The Trainer's own filter reads every
+        # micro-batch's loss on the host (torch.isnan(loss) or ...), so the host waits for the GPU to finish each
+        # step before it can queue the next one; it is switched off here, and training_args.bin keeps the user's value.
+        self.nan_inf_filter = self.args.logging_nan_inf_filter
+        self.args.logging_nan_inf_filter = False
+
     # -- the optimizer: torchao's 8-bit AdamW with its step compiled once, the fp16 mode's, or either in the backward
 
     def get_optimizer_cls_and_kwargs(self, args, model=None):
@@ -129,15 +137,16 @@ class ClmTrainer(Trainer):
                 stepped.clip.measuring = False
             stepped.clip.end_step()
         loss = super().training_step(model, inputs, num_items_in_batch)
-        # What the Trainer adds to its own running loss, summed on the device in float64 (no wait for the GPU). A
-        # loss that is not finite counts as the mean so far, as the Trainer's logging_nan_inf_filter does.
+        # What the Trainer adds to its own running loss, summed on the device in float64 (no wait for the GPU). With
+        # --logging_nan_inf_filter (the default), a loss that is not finite counts as the mean of this call's step
+        # losses so far, in train_loss and in the logged loss alike.
         step_loss = loss.detach().double()
         if self.losses_this_call is None:
             self.losses_this_call = torch.zeros(2, dtype=torch.float64, device=step_loss.device)
-        total, count = self.losses_this_call
-        mean = total / count.clamp(min=1)
-        step_loss = torch.where(torch.isfinite(step_loss), step_loss, mean) if self.args.logging_nan_inf_filter \
-            else step_loss
+        if self.nan_inf_filter:
+            total, count = self.losses_this_call
+            step_loss = torch.where(torch.isfinite(step_loss), step_loss, total / count.clamp(min=1))
+            loss = step_loss.to(loss.dtype)
         self.losses_this_call += torch.stack([step_loss, torch.ones_like(step_loss)])
         return loss
 
@@ -242,7 +251,9 @@ class ClmTrainer(Trainer):
             if self.args.push_to_hub and not _internal_call:
                 self.push_to_hub(commit_message="Model save")
         if self.args.should_save:  # Transformers' own TrainingArguments, which loads without this tool
-            torch.save(plain_training_args(self.args), os.path.join(output_dir, TRAINING_ARGS_NAME))
+            plain = plain_training_args(self.args)
+            plain.logging_nan_inf_filter = self.nan_inf_filter
+            torch.save(plain, os.path.join(output_dir, TRAINING_ARGS_NAME))
         if _internal_call:
             testhooks.after_checkpoint_weights(self.state.global_step, lambda: StopOnSignal.received_any)
 
