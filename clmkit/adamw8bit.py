@@ -29,6 +29,43 @@ def compiled_update():
     return torch.compile(single_param_adam, fullgraph=True, dynamic=False)
 
 
+def updates_of(weights, beta1, beta2, eps, is_adamw):
+    """torchao's one-weight update for each of `weights` ((weight, gradient, step, m, v, its learning rate tensor, its
+    weight decay, whether to round stochastically) each), in one function: compiled, one call for all."""
+    for p, grad, step, exp_avg, exp_avg_sq, weight_lr, weight_decay, stochastic in weights:
+        single_param_adam(p, grad, step, exp_avg, exp_avg_sq, None, weight_lr, beta1, beta2, weight_decay, eps,
+                          is_adamw, stochastic)
+
+
+@functools.cache
+def compiled_updates():
+    return torch.compile(updates_of, fullgraph=True, dynamic=False)
+
+
+def step_together(optimizers):
+    """One step of several AdamW8bit optimizers of one weight each (the optimizer stepped in the backward pass holds
+    one a weight), in one compiled call: the host's work of a call, not of each weight. Equal betas, eps and AdamW
+    flavour; without amsgrad. Returns False, stepping none, where they differ."""
+    first = optimizers[0]
+    settings = [(o.param_groups[0]["betas"], o.param_groups[0]["eps"], o.param_groups[0]["amsgrad"], o.is_adamw)
+                for o in optimizers]
+    if settings[0][2] or any(setting != settings[0] for setting in settings):
+        return False
+    weights = []
+    for optimizer in optimizers:
+        group = optimizer.param_groups[0]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = optimizer.advanced_state(p, group)
+            weights.append((p.detach(), p.grad, state["step"], state["exp_avg"], state["exp_avg_sq"], group["lr"],
+                            group["weight_decay"], optimizer.bf16_stochastic_round and p.dtype is torch.bfloat16))
+    (beta1, beta2), eps = first.param_groups[0]["betas"], first.param_groups[0]["eps"]
+    with torch._dynamo.utils.disable_cache_limit():
+        compiled_updates()(weights, beta1, beta2, eps, first.is_adamw)
+    return True
+
+
 class AdamW8bit(TorchaoAdamW8bit):
     """torchao's AdamW8bit; only the step's host work changes."""
 

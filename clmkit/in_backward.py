@@ -31,12 +31,18 @@ import weakref
 import torch
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
+from .adamw8bit import AdamW8bit, step_together
+
 
 class OptimizerInBackward(torch.optim.Optimizer):
     """What the Trainer sees: one parameter group per Trainer group (weight decay or none), carrying the learning
     rate of the schedule. The updates happen in `_step_one`, in the backward pass."""
 
-    def __init__(self, params, inner_cls, state_on_host=False, max_grad_norm=0.0, **inner_kwargs):
+    def __init__(self, params, inner_cls, state_on_host=False, max_grad_norm=0.0, blocks=(), **inner_kwargs):
+        """blocks: lists of parameters (a repeated block's) whose 8-bit updates run as one compiled call once
+        the last of them has its gradient, where each weight's call would cost the host more than the GPU's work
+        (GPT-2 XL's 580 weights a step). Their gradients wait until then: one block's. Not with the state in host
+        RAM, whose copies go one weight at a time to bound the GPU memory they take."""
         super().__init__(params, defaults={"lr": inner_kwargs.get("lr", 1e-3)})
         self.inner_cls = inner_cls
         self.host = HostState() if state_on_host else None
@@ -48,6 +54,13 @@ class OptimizerInBackward(torch.optim.Optimizer):
                 kwargs["weight_decay"] = group["weight_decay"]
             for p in group["params"]:
                 self.inner[p] = (inner_cls([p], **kwargs), group)
+        self.together = {}  # parameter -> the parameters it steps with
+        if issubclass(inner_cls, AdamW8bit) and self.host is None:
+            for members in blocks:
+                members = [p for p in members if p in self.inner]
+                for p in members if len(members) > 1 else ():
+                    self.together[p] = members
+        self.waiting = {}  # id of a list of self.together -> its parameters with a gradient, not yet stepped
         self._hooks = [p.register_post_accumulate_grad_hook(self._step_one) for p in self.inner]
 
     @property
@@ -62,22 +75,43 @@ class OptimizerInBackward(torch.optim.Optimizer):
                 p.grad = None
                 return
             self.clip.clip_(p.grad)
-        optimizer, group = self.inner[p]
-        inner = optimizer.param_groups[0]  # the schedule sets the learning rate of this one's groups
-        if isinstance(inner["lr"], torch.Tensor):  # torchao keeps it as a tensor, for its compiled step
-            inner["lr"].fill_(group["lr"])
-        else:
-            inner["lr"] = group["lr"]
-        if self.host is not None:
-            self.host.fetch(p, optimizer.state[p])
-        optimizer.step()
-        p.grad = None
-        if self.host is not None:
-            self.host.store(p, optimizer.state[p])
+        members = self.together.get(p)
+        if members is None:
+            self._update([p])
+            return
+        ready = self.waiting.setdefault(id(members), [])
+        ready.append(p)
+        if len(ready) == len(members):
+            del self.waiting[id(members)]
+            self._update(ready)
+
+    def _update(self, params):
+        optimizers = []
+        for p in params:
+            optimizer, group = self.inner[p]
+            inner = optimizer.param_groups[0]  # the schedule sets the learning rate of this one's groups
+            if isinstance(inner["lr"], torch.Tensor):  # torchao keeps it as a tensor, for its compiled step
+                inner["lr"].fill_(group["lr"])
+            else:
+                inner["lr"] = group["lr"]
+            if self.host is not None:
+                self.host.fetch(p, optimizer.state[p])
+            optimizers.append(optimizer)
+        if len(optimizers) == 1 or not step_together(optimizers):
+            for optimizer in optimizers:
+                optimizer.step()
+        for p in params:
+            p.grad = None
+            if self.host is not None:
+                self.host.store(p, self.inner[p][0].state[p])
 
     @torch.no_grad()
     def step(self, closure=None):
-        """Every parameter stepped already, in the backward pass."""
+        """Every parameter stepped already, in the backward pass, but those of a block where a weight had no
+        gradient (unused in this step): they step now."""
+        for ready in self.waiting.values():
+            self._update(ready)
+        self.waiting.clear()
         if self.clip is not None:
             self.clip.end_step()
         if self.host is not None:

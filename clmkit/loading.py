@@ -222,13 +222,19 @@ def speed_switches(config, model_args, training_args) -> str:
     return f"{gelu}; {head}; {compiled}"
 
 
+def repeated_blocks(model) -> list:
+    """The model's repeated blocks (GPT2Block, LlamaDecoderLayer: the classes Transformers keeps whole when it splits
+    a model over devices), in order."""
+    kinds = set(getattr(model, "_no_split_modules", None) or ())
+    return [module for module in model.modules() if type(module).__name__ in kinds]
+
+
 def compile_blocks(model, backend=None, mode=None) -> tuple:
     """torch.compile each of the model's repeated blocks in place (GPT2Block, LlamaDecoderLayer: the classes
     Transformers keeps whole when it splits a model over devices), not the whole model: the blocks share one
     compiled graph, so the compile takes one block's time, and the fused layer norms, residual adds, dropout and
     GELU are where the gain is. In place, so the saved weights keep their names. Returns (how many, class name)."""
-    kinds = set(getattr(model, "_no_split_modules", None) or ())
-    blocks = [module for module in model.modules() if type(module).__name__ in kinds]
+    blocks = repeated_blocks(model)
     for block in blocks:
         block.compile(**({"backend": backend} if backend else {}), **({"mode": mode} if mode else {}))
     return len(blocks), type(blocks[0]).__name__ if blocks else None

@@ -27,7 +27,7 @@ from .checkpoints import RunFlags, RunShape, allow_loading_onto_indexed_cpu, sav
 from .cpucomm import ReleaseSharedMemory
 from .fp16_adamw import Fp16AdamW8bit, ScaleGradient
 from .in_backward import OptimizerInBackward
-from .loading import compile_blocks
+from .loading import compile_blocks, repeated_blocks
 from .loss import VOCAB_MULTIPLE, chunked_causal_lm_loss_sum, chunked_eval_sums
 from .machine import first_process
 from .plotting import LossPlotCallback
@@ -68,8 +68,15 @@ class ClmTrainer(Trainer):
         if model is not None and fp16_mode(model, args):
             return Fp16AdamW8bit, dict(kwargs, max_grad_norm=args.max_grad_norm)
         if getattr(args, "optimizer_in_backward", False):
+            # On a GPU each block's weights step in one compiled call (the host's work per weight is what the GPU
+            # would wait for); on the CPU, where nothing waits, each weight's update is the one compiled.
+            # CLM_STEP_EACH_WEIGHT=1 steps each weight on its own on a GPU too (for measuring).
+            on_gpu = model is not None and next(model.parameters()).device.type == "cuda"
+            together = on_gpu and not os.environ.get("CLM_STEP_EACH_WEIGHT")
+            blocks = [list(block.parameters()) for block in repeated_blocks(model)] if together else []
             return OptimizerInBackward, dict(kwargs, inner_cls=optimizer_cls, max_grad_norm=args.max_grad_norm,
-                                             state_on_host=getattr(args, "optimizer_state_on_host", False))
+                                             state_on_host=getattr(args, "optimizer_state_on_host", False),
+                                             blocks=blocks)
         return optimizer_cls, kwargs
 
     def create_optimizer(self, model=None):

@@ -285,3 +285,40 @@ def test_a_resumed_optimizer_clips_its_first_step_by_the_norm_the_checkpoint_kep
     assert resumed.clip.needs_measuring()
     resumed.load_state_dict(saved)
     assert not resumed.clip.needs_measuring() and resumed.clip.last.item() == 4.0
+
+
+def test_a_blocks_weights_step_in_one_call_once_the_last_has_its_gradient(monkeypatch):
+    """Given the model's blocks, each block's 8-bit updates run as one call (the host's work of one call, not of each
+    weight's), when the block's last gradient arrives; the weights end as if each had stepped on its own. A weight
+    that got no gradient in a step (unused) does not hold its block's other weights back: they step at the end."""
+    from clmkit import adamw8bit
+    from clmkit.adamw8bit import AdamW8bit
+
+    calls = []
+
+    def counted(weights, *args):
+        calls.append(len(weights))
+        adamw8bit.updates_of(weights, *args)
+
+    # as written, not compiled: the same arithmetic, in a unit test's time
+    monkeypatch.setattr(adamw8bit, "compiled_update", lambda: adamw8bit.single_param_adam)
+    monkeypatch.setattr(adamw8bit, "compiled_updates", lambda: counted)
+    data = batches(3)
+    alone = tiny_gpt2()
+    train(alone, OptimizerInBackward(groups(alone), AdamW8bit, max_grad_norm=1.0, **HYPER), data, in_backward=True)
+    assert calls == []
+    together = tiny_gpt2()
+    unused = torch.nn.Parameter(torch.zeros(64))
+    blocks = [list(block.parameters()) for block in together.transformer.h]
+    optimizer = OptimizerInBackward(groups(together) + [{"params": [unused]}], AdamW8bit, max_grad_norm=1.0,
+                                    blocks=[blocks[0], blocks[1] + [unused]], **HYPER)
+    for ids in data:
+        together(input_ids=ids, labels=ids).loss.backward()
+        waiting = [p for p in together.parameters() if p.grad is not None]
+        assert waiting == blocks[1]  # the block with the unused weight, until the step
+        optimizer.step()
+        assert all(p.grad is None for p in together.parameters())
+    assert calls == [12, 12] * 3  # each block's 12 weights in one call, every step
+    for p, q in zip(alone.parameters(), together.parameters()):
+        assert torch.equal(p, q)
+    assert not torch.equal(together.transformer.h[1].mlp.c_fc.weight, tiny_gpt2().transformer.h[1].mlp.c_fc.weight)
