@@ -100,10 +100,10 @@ class OptimizerInBackward(torch.optim.Optimizer):
         if len(optimizers) == 1 or not step_together(optimizers):
             for optimizer in optimizers:
                 optimizer.step()
-        for p in params:
+        for p, optimizer in zip(params, optimizers):
             p.grad = None
             if self.host is not None:
-                self.host.store(p, self.inner[p][0].state[p])
+                self.host.store(p, optimizer.state[p])
 
     @torch.no_grad()
     def step(self, closure=None):
